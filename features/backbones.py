@@ -1,0 +1,212 @@
+"""The backbone registry: each frozen torchvision model cnnfeat can extract from, as data.
+
+    spec = get_backbone("inception")            # aliases welcome
+    model = load_backbone(spec, weights="imagenet", pool="avg")
+    feats = model(images_uint8)                 # (N, 3, H, W) uint8 -> (N, 2048)
+
+Adding a backbone is one `BackboneSpec` entry in `BACKBONES`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import models
+from torchvision.models import WeightsEnum
+
+log = logging.getLogger(__name__)
+
+POOLS = ("avg", "max", "none")
+WEIGHTS = ("imagenet", "random")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str  # canonical name, also the HDF5 dataset name
+    aliases: tuple[str, ...]
+    builder: Callable[..., nn.Module]  # torchvision builder, called with weights=
+    weights: WeightsEnum  # the ImageNet weights: url, file name, mean and std come from here
+    feature_layer: str  # module whose output is the feature map, captured by a forward hook
+    classifier: str  # module that consumes the pooled feature; fc(feature) == logits
+    feature_dim: int  # channels of the feature map = input size of the classifier
+    relu_before_pool: bool = False  # DenseNet's forward applies F.relu between features and pool
+    min_image_size: int = 32  # smaller inputs collapse to an empty map
+    random_init_kwargs: Mapping[str, Any] = field(default_factory=dict)  # so --weights random builds
+    # the same architecture and input handling that the ImageNet weights get
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        BackboneSpec(
+            name="resnet34",
+            aliases=("resnet",),
+            builder=models.resnet34,
+            weights=models.ResNet34_Weights.IMAGENET1K_V1,
+            feature_layer="layer4",
+            classifier="fc",
+            feature_dim=512,
+        ),
+        BackboneSpec(
+            name="inception",
+            aliases=("inception_v3",),
+            builder=models.inception_v3,
+            weights=models.Inception_V3_Weights.IMAGENET1K_V1,
+            feature_layer="Mixed_7c",
+            classifier="fc",
+            feature_dim=2048,
+            min_image_size=75,
+            # torchvision turns transform_input on with the ImageNet weights; init_weights=False
+            # skips a slow truncated-normal init that random smoke runs do not need.
+            random_init_kwargs={"transform_input": True, "init_weights": False},
+        ),
+        BackboneSpec(
+            name="densenet121",
+            aliases=("densenet",),
+            builder=models.densenet121,
+            weights=models.DenseNet121_Weights.IMAGENET1K_V1,
+            feature_layer="features",
+            classifier="classifier",
+            feature_dim=1024,
+            relu_before_pool=True,
+        ),
+    )
+}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights are neither cached nor downloadable (offline machine, broken file)."""
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    """Look a backbone up by its name or an alias, case-insensitively."""
+    key = name.strip().lower()
+    for spec in BACKBONES.values():
+        if key == spec.name or key in spec.aliases:
+            return spec
+    known = ", ".join(f"{s.name} ({', '.join(s.aliases)})" for s in BACKBONES.values())
+    raise ValueError(f"unknown backbone {name!r}; known backbones: {known}, or 'all'")
+
+
+def resolve_backbones(names: str | list[str] | tuple[str, ...]) -> list[BackboneSpec]:
+    """Turn 'all', 'resnet,inception' or a list of names into registry entries, in registry order."""
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip()]
+    if any(n.strip().lower() == "all" for n in names):
+        return list(BACKBONES.values())
+    wanted = {get_backbone(n).name for n in names}
+    if not wanted:
+        raise ValueError("no backbone given; use a name from the registry or 'all'")
+    return [spec for spec in BACKBONES.values() if spec.name in wanted]
+
+
+def checkpoint_path(spec: BackboneSpec) -> Path:
+    """Where torchvision caches (and looks for) this backbone's ImageNet checkpoint."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(spec.weights.url)
+
+
+def weights_label(spec: BackboneSpec, weights: str, seed: int) -> str:
+    """What the cache records about the weights, so random features are never taken for ImageNet ones."""
+    if weights == "imagenet":
+        return f"imagenet:{spec.weights}"
+    return f"random:seed={seed}"
+
+
+def build_model(spec: BackboneSpec, weights: str = "imagenet", seed: int = 0) -> nn.Module:
+    """The torchvision model with ImageNet weights through torchvision's own cache, or seeded random ones."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, not {weights!r}")
+    if weights == "random":
+        torch.manual_seed(seed)
+        return spec.builder(weights=None, **spec.random_init_kwargs)
+    path = checkpoint_path(spec)
+    was_cached = path.exists()
+    try:
+        return spec.builder(weights=spec.weights)
+    except (urllib.error.URLError, OSError) as err:
+        if was_cached:
+            raise _broken_checkpoint(spec, path, err) from err
+        raise WeightsUnavailableError(
+            f"ImageNet weights for {spec.name} are not cached and could not be downloaded "
+            f"({err}).\n  missing file: {path.name}\n  folder:       {path.parent}\n"
+            f"On an online machine run the same command once (torchvision downloads {spec.weights.url}), "
+            f"or copy {path.name} into that folder (set TORCH_HOME to use another cache), "
+            f"or pass --weights random for a smoke run."
+        ) from err
+    except (RuntimeError, ValueError, EOFError) as err:
+        raise _broken_checkpoint(spec, path, err) from err
+
+
+def _broken_checkpoint(spec: BackboneSpec, path: Path, err: Exception) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"the cached ImageNet checkpoint for {spec.name} could not be loaded ({err}).\n"
+        f"  file: {path}\nDelete it and run again to download it afresh, or replace it with a good copy."
+    )
+
+
+def pool_features(fmap: torch.Tensor, pool: str) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C) for avg/max, unchanged for none."""
+    if pool == "avg":
+        return torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1)
+    if pool == "max":
+        return torch.flatten(F.adaptive_max_pool2d(fmap, 1), 1)
+    if pool == "none":
+        return fmap
+    raise ValueError(f"pool must be one of {POOLS}, not {pool!r}")
+
+
+class FrozenBackbone(nn.Module):
+    """A frozen model that maps uint8 images to the input of its own classifier (pooled as asked)."""
+
+    def __init__(self, spec: BackboneSpec, model: nn.Module, pool: str = "avg") -> None:
+        super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, not {pool!r}")
+        self.spec, self.model, self.pool = spec, model.eval(), pool
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        transform = spec.weights.transforms()
+        self.register_buffer("mean", torch.tensor(transform.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(transform.std).view(1, 3, 1, 1), persistent=False)
+        self._fmap: torch.Tensor | None = None
+        self.model.get_submodule(spec.feature_layer).register_forward_hook(self._capture)
+
+    def _capture(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self._fmap = output
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> ImageNet-normalised float, channels_last for faster convolutions."""
+        x = images.float().div_(255).sub_(self.mean).div_(self.std)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The hooked layer's output, as the classifier path sees it before pooling."""
+        self.model(self.preprocess(images))
+        fmap, self._fmap = self._fmap, None
+        return F.relu(fmap) if self.spec.relu_before_pool else fmap
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return pool_features(self.feature_map(images), self.pool)
+
+    def feature_shape(self, image_size: int) -> tuple[int, ...]:
+        """Shape of one image's stored feature, found by a dry run on a blank image."""
+        if self.pool != "none":
+            return (self.spec.feature_dim,)
+        probe = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8, device=self.mean.device)
+        with torch.inference_mode():
+            return tuple(self.feature_map(probe).shape[1:])
+
+
+def load_backbone(
+    spec: BackboneSpec, *, weights: str = "imagenet", pool: str = "avg", seed: int = 0
+) -> FrozenBackbone:
+    """Build, load and freeze one registry entry."""
+    return FrozenBackbone(spec, build_model(spec, weights, seed), pool)

@@ -1,0 +1,355 @@
+"""The feature cache: one HDF5 file, written only whole, and the staging area that makes runs resumable.
+
+Layout of `<workdir>/features.h5` (public; see README):
+
+    /                      attrs: format="cnnfeat-features", format_version, classes (JSON), data_root
+    /<split>               attrs: fingerprint (of the split's files), labeled
+    /<split>/paths         (N,) UTF-8, relative to the data folder, sorted
+    /<split>/labels        (N,) int64, -1 for an unlabeled split
+    /<split>/skipped       (K,) UTF-8 paths that could not be decoded; /<split>/skipped_reasons beside it
+    /<split>/<backbone>    (N, D) float32 (N, C, H, W with pool "none"); attrs: backbone, weights, pool, ...
+
+Why two places: HDF5 has no journal, so a process killed while writing can leave a file that no
+longer opens. Extraction therefore writes each batch as its own small file under
+`<workdir>/.staging/` (atomically renamed into place), and only a finished run builds a new
+`features.h5.tmp` and renames it over the old file. A kill at any moment leaves the old cache intact
+and the finished batches on disk for the next run to resume from.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FORMAT = "cnnfeat-features"
+FORMAT_VERSION = 1
+CACHE_NAME = "features.h5"
+STAGING_DIR = ".staging"
+LOCK_NAME = ".lock"
+# Settings that change feature values; a dataset whose recorded settings differ is recomputed.
+VALUE_SETTINGS = ("backbone", "weights", "pool", "image_size", "layer", "precision")
+_STR = h5py.string_dtype("utf-8")
+
+
+class CacheError(RuntimeError):
+    """The feature cache is missing, unreadable or lacks what was asked for."""
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another cnnfeat process is writing to the same workdir."""
+
+
+def cache_path(workdir: str | Path) -> Path:
+    return Path(workdir) / CACHE_NAME
+
+
+@contextmanager
+def workdir_lock(workdir: Path) -> Iterator[None]:
+    """Hold the workdir exclusively; the OS drops the lock when the process dies, even by kill -9."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / LOCK_NAME, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise WorkdirBusyError(
+                f"another cnnfeat process (pid {holder}) is writing to {workdir}; "
+                f"wait for it to finish, or use another --workdir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_save(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class Staging:
+    """Finished batches of one (split, backbone, settings) job, one .npz file each, for resuming."""
+
+    def __init__(self, workdir: Path, split: str, backbone: str, key: str) -> None:
+        self.backbone = backbone
+        self.folder = Path(workdir) / STAGING_DIR / split / f"{backbone}-{key}"
+
+    @staticmethod
+    def key(settings: dict, fingerprint: str) -> str:
+        """Staged batches are reused only for the very same settings and files."""
+        blob = json.dumps({k: settings[k] for k in VALUE_SETTINGS}, sort_keys=True) + fingerprint
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def _chunk_files(self) -> list[Path]:
+        return sorted(self.folder.glob("*.npz")) if self.folder.is_dir() else []
+
+    @staticmethod
+    def _span(path: Path) -> tuple[int, int]:
+        start, stop = path.stem.split("-")
+        return int(start), int(stop)
+
+    def done_until(self) -> int:
+        """Rows [0, n) are staged with no gap; the next run resumes at n."""
+        done = 0
+        for start, stop in sorted(self._span(p) for p in self._chunk_files()):
+            if start > done:
+                break
+            done = max(done, stop)
+        return done
+
+    def save(self, start: int, stop: int, rows: np.ndarray, features: np.ndarray,
+             failed_rows: list[int], failed_reasons: list[str]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _atomic_save(
+            self.folder / f"{start:010d}-{stop:010d}.npz",
+            rows=rows.astype(np.int64),
+            features=features.astype(np.float32, copy=False),
+            failed_rows=np.asarray(failed_rows, dtype=np.int64),
+            failed_reasons=np.asarray(failed_reasons, dtype=np.str_),
+        )
+
+    def chunks(self) -> Iterator[dict[str, np.ndarray]]:
+        for path in self._chunk_files():
+            with np.load(path, allow_pickle=False) as data:
+                yield {name: data[name] for name in data.files}
+
+    def failures(self) -> dict[int, str]:
+        return {
+            int(row): str(reason)
+            for chunk in self.chunks()
+            for row, reason in zip(chunk["failed_rows"], chunk["failed_reasons"])
+        }
+
+    def remove_all_versions(self) -> None:
+        """Once committed, this (split, backbone)'s batches are in the cache, and any other settings' are stale."""
+        for folder in self.folder.parent.glob(f"{self.backbone}-*"):
+            shutil.rmtree(folder, ignore_errors=True)
+        for empty in (self.folder.parent, self.folder.parent.parent):
+            if empty.is_dir() and not any(empty.iterdir()):
+                empty.rmdir()
+
+
+@dataclass
+class SplitContent:
+    """What the next cache file holds for one split."""
+
+    name: str
+    fingerprint: str
+    paths: tuple[str, ...]  # every scanned path, decodable or not
+    labels: np.ndarray
+    staged: dict[str, tuple[Staging, dict, tuple[int, ...]]] = field(default_factory=dict)
+    # backbone -> (its finished staging, the settings to record, the shape of one feature)
+
+
+def commit_cache(path: Path, classes: tuple[str, ...], data_root: str, splits: list[SplitContent]) -> None:
+    """Build the new cache beside the old one, from kept datasets and staged batches, then swap it in.
+
+    A split whose fingerprint is unchanged keeps the backbones already cached for it (other than the
+    ones restaged now); a changed split holds only what was staged for it.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    old = h5py.File(path, "r") if path.exists() else None
+    try:
+        with h5py.File(tmp, "w") as out:
+            out.attrs.update(format=FORMAT, format_version=FORMAT_VERSION,
+                             classes=json.dumps(list(classes)), data_root=data_root)
+            for content in splits:
+                _write_split(out, old, content)
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+        _fsync_path(path.parent)
+    finally:
+        if old is not None:
+            old.close()
+        tmp.unlink(missing_ok=True)
+
+
+def _write_split(out: h5py.File, old: h5py.File | None, content: SplitContent) -> None:
+    previous = old.get(content.name) if old is not None else None
+    if previous is not None and previous.attrs.get("fingerprint") != content.fingerprint:
+        previous = None
+    failures = _agreed_failures(content, previous)
+    keep = np.array([row not in failures for row in range(len(content.paths))], dtype=bool)
+    group = out.create_group(content.name)
+    group.attrs.update(fingerprint=content.fingerprint, labeled=bool(len(content.labels) and content.labels[0] >= 0))
+    group.create_dataset("paths", data=np.array(content.paths, dtype=object)[keep], dtype=_STR)
+    group.create_dataset("labels", data=content.labels[keep])
+    group.create_dataset("skipped", data=[content.paths[r] for r in sorted(failures)], dtype=_STR)
+    group.create_dataset("skipped_reasons", data=[failures[r] for r in sorted(failures)], dtype=_STR)
+    if previous is not None:
+        for name, item in previous.items():
+            if isinstance(item, h5py.Dataset) and "backbone" in item.attrs and name not in content.staged:
+                out.copy(item, group, name=name)
+    new_row = np.cumsum(keep) - 1  # scanned row -> row in the cache
+    for name, (staging, settings, shape) in content.staged.items():
+        dataset = group.create_dataset(name, shape=(int(keep.sum()), *shape), dtype=np.float32)
+        dataset.attrs.update(settings)
+        for chunk in staging.chunks():
+            if len(chunk["rows"]):
+                dataset[new_row[chunk["rows"]]] = chunk["features"]
+
+
+def _agreed_failures(content: SplitContent, previous: h5py.Group | None) -> dict[int, str]:
+    """Every backbone of a split must have skipped the same files, or rows would misalign."""
+    row_of = {p: i for i, p in enumerate(content.paths)}
+    seen: list[tuple[str, dict[int, str]]] = []
+    if previous is not None:
+        skipped = zip(_as_str(previous["skipped"][()]), _as_str(previous["skipped_reasons"][()]))
+        seen.append(("cache", {row_of[p]: reason for p, reason in skipped}))
+    seen += [(name, staging.failures()) for name, (staging, _, _) in content.staged.items()]
+    if not seen:
+        return {}
+    first_name, first = seen[0]
+    for name, failures in seen[1:]:
+        if set(failures) != set(first):
+            raise CacheError(
+                f"split {content.name}: {name} skipped other files than {first_name} "
+                f"({sorted(set(failures) ^ set(first))[:5]} differ); rerun extract with --force"
+            )
+    return first
+
+
+def _as_str(values: np.ndarray) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+class FeatureCache:
+    """Read-only view of a features.h5 file: the only way pipeline/ reads features."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise CacheError(
+                f"no feature cache at {self.path}; run `cnnfeat extract --data DATA --workdir {self.path.parent}` first"
+            )
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as err:
+            raise CacheError(
+                f"{self.path} is not a readable HDF5 file ({err}); delete it and run `cnnfeat extract` again"
+            ) from err
+        if self._file.attrs.get("format") != FORMAT:
+            self._file.close()
+            raise CacheError(f"{self.path} is not a cnnfeat feature cache; delete it and run `cnnfeat extract` again")
+        if int(self._file.attrs.get("format_version", -1)) > FORMAT_VERSION:
+            self._file.close()
+            raise CacheError(f"{self.path} was written by a newer cnnfeat (format {self._file.attrs['format_version']})")
+
+    def __enter__(self) -> "FeatureCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(json.loads(self._file.attrs["classes"]))
+
+    @property
+    def data_root(self) -> str:
+        return str(self._file.attrs["data_root"])
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted(self._file)
+
+    def _group(self, split: str) -> h5py.Group:
+        if split not in self._file:
+            raise CacheError(
+                f"split {split!r} is not in {self.path} (it has {', '.join(self.splits) or 'none'}); "
+                f"check the split folder name, or run `cnnfeat extract` on a data folder that has it"
+            )
+        return self._file[split]
+
+    def fingerprint(self, split: str) -> str:
+        return str(self._group(split).attrs["fingerprint"])
+
+    def is_labeled(self, split: str) -> bool:
+        return bool(self._group(split).attrs["labeled"])
+
+    def backbones(self, split: str) -> list[str]:
+        group = self._group(split)
+        return sorted(name for name, item in group.items() if isinstance(item, h5py.Dataset) and "backbone" in item.attrs)
+
+    def _dataset(self, split: str, backbone: str) -> h5py.Dataset:
+        group = self._group(split)
+        if backbone not in group or "backbone" not in group[backbone].attrs:
+            raise CacheError(
+                f"backbone {backbone!r} has no features for split {split!r} in {self.path} "
+                f"(cached: {', '.join(self.backbones(split)) or 'none'}); "
+                f"run `cnnfeat extract --backbone {backbone}` with the same --workdir"
+            )
+        return group[backbone]
+
+    def paths(self, split: str) -> list[str]:
+        return _as_str(self._group(split)["paths"][()])
+
+    def labels(self, split: str) -> np.ndarray:
+        return self._group(split)["labels"][()]
+
+    def skipped(self, split: str) -> list[tuple[str, str]]:
+        group = self._group(split)
+        return list(zip(_as_str(group["skipped"][()]), _as_str(group["skipped_reasons"][()])))
+
+    def settings(self, split: str, backbone: str) -> dict:
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self._dataset(split, backbone).attrs.items()}
+
+    def feature_shape(self, split: str, backbone: str) -> tuple[int, ...]:
+        return tuple(self._dataset(split, backbone).shape[1:])
+
+    def features(self, split: str, backbone: str) -> np.ndarray:
+        """All rows in memory, in the order of paths(split)."""
+        return self._dataset(split, backbone)[()]
+
+    def iter_features(self, split: str, backbone: str, rows_per_chunk: int = 1024) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, block) pairs, for caches larger than memory (pool 'none')."""
+        dataset = self._dataset(split, backbone)
+        for start in range(0, dataset.shape[0], rows_per_chunk):
+            yield start, dataset[start : start + rows_per_chunk]
+
+
+def is_up_to_date(cache: FeatureCache | None, split: str, fingerprint: str, backbone: str, settings: dict) -> bool:
+    """True when the cache already holds this backbone's features for these exact files and settings."""
+    if cache is None or split not in cache.splits or cache.fingerprint(split) != fingerprint:
+        return False
+    if backbone not in cache.backbones(split):
+        return False
+    recorded = cache.settings(split, backbone)
+    return all(recorded.get(k) == settings[k] for k in VALUE_SETTINGS)
