@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -131,9 +130,14 @@ def build_model(spec: BackboneSpec, weights: str = "imagenet", seed: int = 0) ->
     was_cached = path.exists()
     try:
         return spec.builder(weights=spec.weights)
-    except (urllib.error.URLError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - a cached file that fails to load in any way is broken
         if was_cached:
-            raise _broken_checkpoint(spec, path, err) from err
+            raise WeightsUnavailableError(
+                f"the cached ImageNet checkpoint for {spec.name} could not be loaded ({type(err).__name__}: {err}).\n"
+                f"  file: {path}\nDelete it and run again to download it afresh, or replace it with a good copy."
+            ) from err
+        if not isinstance(err, OSError):  # urllib's URLError is an OSError
+            raise
         raise WeightsUnavailableError(
             f"ImageNet weights for {spec.name} are not cached and could not be downloaded "
             f"({err}).\n  missing file: {path.name}\n  folder:       {path.parent}\n"
@@ -141,15 +145,6 @@ def build_model(spec: BackboneSpec, weights: str = "imagenet", seed: int = 0) ->
             f"or copy {path.name} into that folder (set TORCH_HOME to use another cache), "
             f"or pass --weights random for a smoke run."
         ) from err
-    except (RuntimeError, ValueError, EOFError) as err:
-        raise _broken_checkpoint(spec, path, err) from err
-
-
-def _broken_checkpoint(spec: BackboneSpec, path: Path, err: Exception) -> WeightsUnavailableError:
-    return WeightsUnavailableError(
-        f"the cached ImageNet checkpoint for {spec.name} could not be loaded ({err}).\n"
-        f"  file: {path}\nDelete it and run again to download it afresh, or replace it with a good copy."
-    )
 
 
 def pool_features(fmap: torch.Tensor, pool: str) -> torch.Tensor:

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny real image folders and an offline torchvision weight cache.
+
+No test reaches the network: downloads are made to fail as they do on an offline machine, and the
+"ImageNet" checkpoints are seeded random models saved under torchvision's own file names.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+
+from features import BACKBONES, checkpoint_path
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("make_digits", ROOT / "data" / "make_digits.py")
+make_digits = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_digits)
+
+IMAGE_SIZE = 80  # Inception needs 75; small keeps the CPU tests fast
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs as on an offline machine: a download attempt fails like a missing network."""
+
+    def refuse(url: str, dst: str, *args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+@pytest.fixture(scope="session")
+def imagenet_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TORCH_HOME whose hub cache holds a seeded checkpoint for every registered backbone."""
+    home = tmp_path_factory.mktemp("torch_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(home))
+        for seed, spec in enumerate(BACKBONES.values()):
+            torch.manual_seed(seed)
+            model = spec.builder(weights=None, num_classes=1000, **spec.random_init_kwargs)
+            path = checkpoint_path(spec)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), path)
+    return home
+
+@pytest.fixture
+def torch_home(imagenet_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TORCH_HOME", str(imagenet_home))
+    return imagenet_home
+
+@pytest.fixture
+def empty_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    return tmp_path / "empty_torch_home"
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train/valid with three digit classes and an unlabeled test split, real scans at 80 px."""
+    return make_digits.write_digits(tmp_path_factory.mktemp("digits"), [0, 1, 2], 8, 4, 6, size=IMAGE_SIZE)
+
+@pytest.fixture
+def digits_copy(digits_folder: Path, tmp_path: Path) -> Path:
+    """A private copy for tests that add, break or touch files."""
+    return Path(shutil.copytree(digits_folder, tmp_path / "data"))

@@ -1,0 +1,224 @@
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from features import (
+    BACKBONES,
+    ExtractConfig,
+    FeatureCache,
+    WeightsUnavailableError,
+    WorkdirBusyError,
+    extract,
+    get_backbone,
+    load_backbone,
+)
+from features.images import load_rgb
+from features.store import workdir_lock
+
+from .conftest import IMAGE_SIZE
+
+NAMES = list(BACKBONES)
+
+
+def _config(data: Path, workdir: Path, **overrides) -> ExtractConfig:
+    settings = dict(data=data, workdir=workdir, backbones=("all",), weights="random", image_size=IMAGE_SIZE,
+                    batch_size=4, workers=0)
+    return ExtractConfig(**{**settings, **overrides})
+
+
+def _snapshot(workdir: Path) -> dict[tuple[str, str], np.ndarray]:
+    with FeatureCache(workdir / "features.h5") as cache:
+        return {(s, b): cache.features(s, b) for s in cache.splits for b in cache.backbones(s)}
+
+
+@pytest.fixture(scope="session")
+def reference(digits_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted run of every backbone, for the others to compare with."""
+    workdir = tmp_path_factory.mktemp("reference")
+    extract(_config(digits_folder, workdir))
+    return workdir
+
+
+def test_rows_are_the_features_of_their_own_image(reference, digits_folder):
+    """Each stored row equals the backbone applied to the image at that row's path, alone."""
+    with FeatureCache(reference / "features.h5") as cache:
+        assert cache.classes == ("0", "1", "2")
+        assert cache.splits == ["test", "train", "valid"]
+        for split in cache.splits:
+            paths, labels = cache.paths(split), cache.labels(split)
+            assert paths == sorted(paths) and len(paths) == len(labels) == len(set(paths))
+            if cache.is_labeled(split):
+                assert [p.split("/")[1] for p in paths] == [cache.classes[label] for label in labels]
+            else:
+                assert (labels == -1).all()
+            assert cache.backbones(split) == sorted(NAMES)
+        for name in NAMES:
+            backbone = load_backbone(get_backbone(name), weights="random")
+            paths = cache.paths("train")
+            stored = cache.features("train", name)
+            assert stored.shape == (24, BACKBONES[name].feature_dim) and stored.dtype == np.float32
+            for row in (0, 11, 23):
+                with torch.inference_mode():
+                    alone = backbone(load_rgb(digits_folder / paths[row], IMAGE_SIZE)[None])[0].numpy()
+                # batched and single-image convolutions differ only in float rounding
+                np.testing.assert_allclose(stored[row], alone, rtol=1e-4, atol=1e-5 * np.abs(alone).max())
+            settings = cache.settings("train", name)
+            assert settings["weights"] == "random:seed=0" and settings["pool"] == "avg"
+            assert settings["image_size"] == IMAGE_SIZE and settings["layer"] == BACKBONES[name].feature_layer
+
+
+def test_second_run_does_nothing_and_a_changed_file_redoes_its_split(digits_copy, tmp_path):
+    cfg = _config(digits_copy, tmp_path / "work")
+    first = extract(cfg)
+    assert sorted(first.computed) == sorted((s, b) for s in ("test", "train", "valid") for b in NAMES)
+    again = extract(cfg)
+    assert again.computed == [] and again.images_decoded == 0 and len(again.up_to_date) == 9
+    touched = next((digits_copy / "valid" / "1").iterdir())
+    touched.write_bytes(touched.read_bytes())
+    os.utime(touched, ns=(10**18, 10**18))
+    third = extract(cfg)
+    assert sorted(third.computed) == [("valid", b) for b in sorted(NAMES)]
+    assert third.images_decoded == 12
+
+
+def test_new_setting_or_backbone_recomputes_only_that(digits_folder, tmp_path):
+    workdir = tmp_path / "work"
+    extract(_config(digits_folder, workdir, backbones=("resnet34",)))
+    added = extract(_config(digits_folder, workdir, backbones=("resnet34", "densenet")))
+    assert {b for _, b in added.computed} == {"densenet121"} and {b for _, b in added.up_to_date} == {"resnet34"}
+    pooled = extract(_config(digits_folder, workdir, backbones=("resnet34",), pool="max"))
+    assert {b for _, b in pooled.computed} == {"resnet34"}
+    with FeatureCache(workdir / "features.h5") as cache:
+        assert cache.backbones("train") == ["densenet121", "resnet34"]
+        assert cache.settings("train", "resnet34")["pool"] == "max"
+        assert cache.settings("train", "densenet121")["pool"] == "avg"
+
+
+def test_broken_images_are_skipped_named_and_never_shift_labels(digits_copy, tmp_path, caplog):
+    (digits_copy / "train" / "1" / "0_broken.jpg").write_bytes(b"")
+    (digits_copy / "train" / "2" / "2_garbage.png").write_bytes(os.urandom(500))
+    caplog.set_level(logging.WARNING)
+    report = extract(_config(digits_copy, tmp_path / "work", backbones=("resnet34", "inception")))
+    broken = ["train/1/0_broken.jpg", "train/2/2_garbage.png"]
+    assert [path for path, _ in report.skipped_files["train"]] == broken
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2 and all(any(b in w for w in warned) for b in broken)
+    with FeatureCache(tmp_path / "work" / "features.h5") as cache:
+        paths, labels = cache.paths("train"), cache.labels("train")
+        assert len(paths) == 24 and not set(broken) & set(paths)
+        assert [p.split("/")[1] for p in paths] == [cache.classes[label] for label in labels]
+        assert cache.features("train", "inception").shape == (24, 2048)
+        assert [p for p, _ in cache.skipped("train")] == broken
+
+
+def test_interrupted_run_resumes_to_the_same_features(reference, digits_folder, tmp_path):
+    workdir = tmp_path / "work"
+    seen = []
+
+    def interrupt_after_three_batches(split: str, advanced: int, total: int) -> None:
+        seen.append(split)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract(_config(digits_folder, workdir), progress=interrupt_after_three_batches)
+    assert not (workdir / "features.h5").exists()
+    resumed = extract(_config(digits_folder, workdir))
+    assert resumed.images_decoded == 42 - (4 + 2 + 4)  # test: 4 + 2, train: 4 staged
+    expected, got = _snapshot(reference), _snapshot(workdir)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=str(key))
+    assert not (workdir / ".staging").exists()
+
+
+def test_kill_9_mid_run_leaves_a_resumable_workdir(reference, digits_folder, tmp_path):
+    workdir = tmp_path / "work"
+    script = (
+        "import sys; from features import ExtractConfig, extract; "
+        f"extract(ExtractConfig(data={str(digits_folder)!r}, workdir={str(workdir)!r}, weights='random', "
+        f"image_size={IMAGE_SIZE}, batch_size=4, workers=0))"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 120
+    # wait until the first batch is staged for all three backbones, then kill without warning
+    while len(list(workdir.glob(".staging/*/*/*.npz"))) < 4 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (workdir / "features.h5").exists()
+    resumed = extract(_config(digits_folder, workdir))
+    assert resumed.images_decoded < 42
+    for key, values in _snapshot(reference).items():
+        np.testing.assert_array_equal(_snapshot(workdir)[key], values, err_msg=str(key))
+
+
+def test_decoding_workers_give_the_same_rows(reference, digits_folder, tmp_path):
+    extract(_config(digits_folder, tmp_path / "work", workers=2, backbones=("resnet34",)))
+    got = _snapshot(tmp_path / "work")
+    for key, values in got.items():
+        np.testing.assert_allclose(values, _snapshot(reference)[key], rtol=1e-4, atol=1e-5)
+
+
+def test_pool_none_stores_whole_maps(digits_folder, tmp_path):
+    extract(_config(digits_folder, tmp_path / "work", pool="none", backbones=("densenet121",)))
+    with FeatureCache(tmp_path / "work" / "features.h5") as cache:
+        maps = cache.features("valid", "densenet121")
+        assert maps.shape == (12, 1024, 2, 2) and cache.settings("valid", "densenet121")["pool"] == "none"
+
+
+def test_bf16_features_stay_close_to_fp32(reference, digits_folder, tmp_path):
+    extract(_config(digits_folder, tmp_path / "work", precision="bf16"))
+    fp32, bf16 = _snapshot(reference), _snapshot(tmp_path / "work")
+    for key in fp32:
+        a, b = fp32[key], bf16[key]
+        cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        assert cosine.min() > 0.99, key
+
+
+def test_imagenet_weights_are_recorded(torch_home, digits_folder, tmp_path):
+    extract(_config(digits_folder, tmp_path / "work", weights="imagenet", backbones=("inception",)))
+    with FeatureCache(tmp_path / "work" / "features.h5") as cache:
+        settings = cache.settings("train", "inception")
+    assert settings["weights"] == "imagenet:Inception_V3_Weights.IMAGENET1K_V1"
+    assert settings["weights_file"] == "inception_v3_google-0cc3c7bd.pth"
+
+
+def test_offline_without_weights_writes_nothing(empty_torch_home, digits_folder, tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="inception_v3_google-0cc3c7bd.pth"):
+        extract(_config(digits_folder, tmp_path / "work", weights="imagenet", backbones=("inception",)))
+    assert not (tmp_path / "work" / "features.h5").exists()
+    assert not list((tmp_path / "work").glob(".staging/**/*.npz"))
+
+
+def test_a_busy_workdir_is_refused(digits_folder, tmp_path):
+    with workdir_lock(tmp_path / "work"):
+        with pytest.raises(WorkdirBusyError):
+            extract(_config(digits_folder, tmp_path / "work"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"image_size": 64}, "too small for inception"),
+        ({"pool": "mean"}, "pool must be one of"),
+        ({"precision": "int8"}, "precision must be one of"),
+        ({"backbones": ("vgg",)}, "unknown backbone"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_work(overrides, message, digits_folder, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        _config(digits_folder, tmp_path, **overrides)
