@@ -92,13 +92,24 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_save(path: Path, **arrays: np.ndarray) -> None:
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Write to the yielded temporary path; it replaces `path` only if the block finishes.
+
+    Readers see the old file or the new one, never half of one, whatever happens to the writer.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    try:
+        yield tmp
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_save(path: Path, **arrays: np.ndarray) -> None:
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class Staging:
@@ -181,21 +192,17 @@ def commit_cache(path: Path, classes: tuple[str, ...], data_root: str, splits: l
     A split whose fingerprint is unchanged keeps the backbones already cached for it (other than the
     ones restaged now); a changed split holds only what was staged for it.
     """
-    tmp = path.with_name(path.name + ".tmp")
     old = h5py.File(path, "r") if path.exists() else None
     try:
-        with h5py.File(tmp, "w") as out:
+        with atomic_output(path) as tmp, h5py.File(tmp, "w") as out:
             out.attrs.update(format=FORMAT, format_version=FORMAT_VERSION,
                              classes=json.dumps(list(classes)), data_root=data_root)
             for content in splits:
                 _write_split(out, old, content)
-        _fsync_path(tmp)
-        os.replace(tmp, path)
         _fsync_path(path.parent)
     finally:
         if old is not None:
             old.close()
-        tmp.unlink(missing_ok=True)
 
 
 def _write_split(out: h5py.File, old: h5py.File | None, content: SplitContent) -> None:
@@ -334,9 +341,16 @@ class FeatureCache:
     def feature_shape(self, split: str, backbone: str) -> tuple[int, ...]:
         return tuple(self._dataset(split, backbone).shape[1:])
 
-    def features(self, split: str, backbone: str) -> np.ndarray:
-        """All rows in memory, in the order of paths(split)."""
-        return self._dataset(split, backbone)[()]
+    def check_features(self, split: str, backbone: str) -> None:
+        """Raise the CacheError that says which command to run if these features are missing."""
+        self._dataset(split, backbone)
+
+    def row_count(self, split: str, backbone: str) -> int:
+        return int(self._dataset(split, backbone).shape[0])
+
+    def features(self, split: str, backbone: str, rows: slice = slice(None)) -> np.ndarray:
+        """The rows asked for (all by default) in memory, in the order of paths(split)."""
+        return self._dataset(split, backbone)[rows]
 
     def iter_features(self, split: str, backbone: str, rows_per_chunk: int = 1024) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, block) pairs, for caches larger than memory (pool 'none')."""

@@ -1,6 +1,10 @@
 """The `cnnfeat` command: option parsing and terminal output only; the work is in features/ and pipeline/.
 
     cnnfeat extract --data data/digits --backbone all --workdir runs/digits
+    cnnfeat train-head --workdir runs/digits
+    cnnfeat ensemble --workdir runs/digits
+    cnnfeat predict --model ensemble --workdir runs/digits
+    cnnfeat run --data data/digits --workdir runs/digits        # all of the above
     cnnfeat info --workdir runs/digits
 """
 
@@ -9,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,8 +31,13 @@ from features import (
     cache_path,
     extract,
 )
+from features import ExtractReport, get_backbone
 from features.backbones import POOLS, WEIGHTS
-from features.extract import DEVICES, PRECISIONS
+from features.extract import DEVICES, PRECISIONS, ProgressFn
+
+from .predict import PredictConfig, PredictResult, predict
+from .run import run_pipeline
+from .train import ENSEMBLE, HeadConfig, TrainResult, load_metrics, train_ensemble, train_linear_heads
 
 # Errors that mean the user has something to fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, DataLayoutError, WeightsUnavailableError, CacheError, WorkdirBusyError, FileNotFoundError)
@@ -59,18 +69,19 @@ class _SplitProgress:
     """One tqdm bar per split in turn, showing images per second."""
 
     def __init__(self) -> None:
-        self.split: str | None = None
         self.bar: tqdm | None = None
 
     def __call__(self, split: str, advanced: int, total: int) -> None:
-        if split != self.split:
-            self.close()
-            self.split, self.bar = split, tqdm(total=total, desc=f"extract {split}", unit="img", dynamic_ncols=True)
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=f"extract {split}", unit="img", dynamic_ncols=True)
         self.bar.update(advanced)
+        if self.bar.n >= total:  # close now, so the bar's rate is not diluted by what comes next
+            self.close()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        self.bar = None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -86,31 +97,82 @@ workdir_option = click.option(
 )
 
 
+def options(*decorators: Callable[..., Any]) -> Callable[..., Any]:
+    """Bundle click options so that several commands share one definition."""
+
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
+
+
+extract_options = options(
+    click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+                 help="Folder with one subfolder per split: train/<class>/*.jpg, valid/<class>/*.jpg, test/*.jpg."),
+    click.option("--weights", type=click.Choice(WEIGHTS), default="imagenet",
+                 help="imagenet: torchvision's pretrained weights; random: seeded, for smoke runs only."),
+    click.option("--pool", type=click.Choice(POOLS), default="avg", help="none stores the whole feature map."),
+    click.option("--image-size", type=int, default=299, help="Images are resized to this square size."),
+    click.option("--batch-size", "extract_batch_size", type=int, default=64, help="Images per forward pass."),
+    click.option("--workers", type=int, default=None, help="Decoding processes [default: from the core count]."),
+    click.option("--device", type=click.Choice(DEVICES), default="auto"),
+    click.option("--precision", type=click.Choice(tuple(PRECISIONS)), default="fp32"),
+    click.option("--seed", type=int, default=0, help="Seed of --weights random, and of head training."),
+)
+
+training_options = options(
+    click.option("--train-split", default="train", help="Labeled split to fit on."),
+    click.option("--val-split", default="valid", help="Labeled split for early stopping and metrics."),
+    click.option("--epochs", type=int, default=100, help="At most; early stopping usually ends sooner."),
+    click.option("--lr", type=float, default=1e-3, help="Adam's learning rate."),
+    click.option("--head-batch-size", type=int, default=64, help="Rows per training step."),
+    click.option("--weight-decay", type=float, default=0.0),
+    click.option("--patience", type=int, default=10, help="Epochs without a better validation loss before stopping."),
+    click.option("--dropout", type=float, default=None, help="[default: 0 for linear heads, 0.5 for the ensemble]"),
+    click.option("--hidden", type=int, default=512, help="The ensemble's shared hidden size."),
+)
+
+force_option = click.option("--force", is_flag=True, help="Redo even what is up to date.")
+
+
+def _extract_config(o: dict[str, Any], backbones: tuple[str, ...]) -> ExtractConfig:
+    return ExtractConfig(data=o["data"], workdir=o["workdir"], backbones=backbones, weights=o["weights"],
+                         pool=o["pool"], image_size=o["image_size"], batch_size=o["extract_batch_size"],
+                         workers=o["workers"], device=o["device"], precision=o["precision"], seed=o["seed"],
+                         force=o["force"])
+
+
+def _head_config(o: dict[str, Any]) -> HeadConfig:
+    return HeadConfig(workdir=o["workdir"], train_split=o["train_split"], val_split=o["val_split"],
+                      epochs=o["epochs"], lr=o["lr"], batch_size=o["head_batch_size"], weight_decay=o["weight_decay"],
+                      patience=o["patience"], dropout=o["dropout"], hidden=o["hidden"], seed=o["seed"],
+                      device=o["device"], force=o["force"])
+
+
+def _extract_with_progress(run: Callable[[ProgressFn], Any]) -> Any:
+    progress = _SplitProgress()
+    try:
+        return run(progress)
+    finally:
+        progress.close()
+
+
 @main.command("extract")
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-              help="Folder with one subfolder per split: train/<class>/*.jpg, valid/<class>/*.jpg, test/*.jpg.")
 @click.option("--backbone", "backbones", multiple=True, default=("all",),
               help="resnet34, inception, densenet121 (aliases resnet, inception_v3, densenet), comma lists, or all.")
 @workdir_option
-@click.option("--weights", type=click.Choice(WEIGHTS), default="imagenet",
-              help="imagenet: torchvision's pretrained weights; random: seeded, for smoke runs only.")
-@click.option("--pool", type=click.Choice(POOLS), default="avg", help="none stores the whole feature map.")
-@click.option("--image-size", type=int, default=299, help="Images are resized to this square size.")
-@click.option("--batch-size", type=int, default=64)
-@click.option("--workers", type=int, default=None, help="Decoding processes [default: from the core count].")
-@click.option("--device", type=click.Choice(DEVICES), default="auto")
-@click.option("--precision", type=click.Choice(tuple(PRECISIONS)), default="fp32")
-@click.option("--seed", type=int, default=0, help="Seed of --weights random.")
-@click.option("--force", is_flag=True, help="Recompute even what is up to date.")
+@extract_options
+@force_option
 @user_errors
-def extract_command(**options: Any) -> None:
+def extract_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 1: decode every image once, run the frozen backbones, cache the features in HDF5."""
-    cfg = ExtractConfig(**options)
-    progress = _SplitProgress()
-    try:
-        report = extract(cfg, progress=progress)
-    finally:
-        progress.close()
+    report = _extract_with_progress(lambda progress: extract(_extract_config(o, backbones), progress=progress))
+    _print_extract(report)
+
+
+def _print_extract(report: ExtractReport) -> None:
     for split, skipped in report.skipped_files.items():
         click.echo(f"{split}: {len(skipped)} file(s) could not be decoded and are left out (see `cnnfeat info`)")
     if not report.computed:
@@ -122,6 +184,116 @@ def extract_command(**options: Any) -> None:
     )
     if report.up_to_date:
         click.echo(f"Already up to date: {_pairs(report.up_to_date)}.")
+
+
+@main.command("train-head")
+@click.option("--backbone", "backbones", multiple=True, default=("all",),
+              help="Backbone(s) to fit a linear head on, or all that the cache has.")
+@workdir_option
+@training_options
+@click.option("--seed", type=int, default=0)
+@click.option("--device", type=click.Choice(DEVICES), default="auto")
+@force_option
+@user_errors
+def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
+    """Stage 2: a linear head per backbone on the cached features."""
+    results = train_linear_heads(_head_config(o), backbones)
+    _print_summary(o["workdir"], [r.name for r in results], results)
+
+
+@main.command("ensemble")
+@click.option("--backbones", "backbones", multiple=True, default=("all",),
+              help="Two or more backbones (comma list or repeated), or all that the cache has.")
+@workdir_option
+@training_options
+@click.option("--seed", type=int, default=0)
+@click.option("--device", type=click.Choice(DEVICES), default="auto")
+@force_option
+@user_errors
+def ensemble_command(backbones: tuple[str, ...], **o: Any) -> None:
+    """Stage 3: the three-branch ensemble head on the cached features."""
+    result = train_ensemble(_head_config(o), backbones)
+    _print_summary(o["workdir"], [*result.metrics.get("single_heads", {}), ENSEMBLE], [result])
+
+
+@main.command("predict")
+@click.option("--model", default=ENSEMBLE, help="ensemble, or a backbone name for its linear head.")
+@workdir_option
+@click.option("--split", default="test", help="The split to predict.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="[default: <workdir>/submission.csv]")
+@click.option("--kaggle-binary", is_flag=True, help="Write id,label with label = probability of the second class.")
+@click.option("--clip", type=float, default=None, help="Clip probabilities to [clip, 1-clip] (log-loss safety).")
+@click.option("--device", type=click.Choice(DEVICES), default="auto")
+@force_option
+@user_errors
+def predict_command(model: str, **o: Any) -> None:
+    """Stage 4: a Kaggle submission CSV from a trained head."""
+    name = model if model == ENSEMBLE else get_backbone(model).name
+    result = predict(PredictConfig(model=name, **o))
+    _print_prediction(name, o["split"], result)
+
+
+def _print_prediction(model: str, split: str, result: PredictResult) -> None:
+    state = "wrote" if result.written else "up to date:"
+    click.echo(f"{model} on {split}: {state} {result.path} ({result.rows} rows)")
+    if result.accuracy is not None:
+        click.echo(f"  accuracy {result.accuracy:.4f}, log loss {result.log_loss:.4f}")
+
+
+@main.command("run", context_settings={"show_default": True})
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), is_eager=True,
+              expose_value=False, callback=lambda ctx, param, value: _load_toml(ctx, value),
+              help="TOML file of settings, keys named like the options; options given here win.")
+@workdir_option
+@extract_options
+@training_options
+@click.option("--kaggle-binary", is_flag=True, help="Predict as id,label (two classes).")
+@click.option("--clip", type=float, default=None, help="Clip predicted probabilities to [clip, 1-clip].")
+@force_option
+@user_errors
+def run_command(**o: Any) -> None:
+    """Every stage in order: extract (all backbones), heads, ensemble, predict."""
+    extract_cfg = _extract_config(o, ("all",))
+    predict_cfg = PredictConfig(workdir=o["workdir"], kaggle_binary=o["kaggle_binary"], clip=o["clip"],
+                                device=o["device"], force=o["force"])
+    report = _extract_with_progress(lambda progress: run_pipeline(extract_cfg, _head_config(o), predict_cfg, progress))
+    _print_extract(report.extract)
+    _print_summary(o["workdir"], [r.name for r in report.heads], report.heads)
+    if report.prediction is not None:
+        _print_prediction(report.predicted_with, predict_cfg.split, report.prediction)
+
+
+def _load_toml(ctx: click.Context, path: Path | None) -> None:
+    """Settings from a TOML file become the command's defaults, so options on the command line win."""
+    if path is None:
+        return
+    try:
+        settings = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise click.BadParameter(f"{path} is not valid TOML: {err}") from err
+    known = {p.name: p for p in ctx.command.params if p.name}
+    aliases = {"batch_size": "extract_batch_size"}
+    defaults = {}
+    for key, value in settings.items():
+        name = aliases.get(key.replace("-", "_"), key.replace("-", "_"))
+        if name not in known or name == "config":
+            raise click.BadParameter(f"{path}: unknown setting {key!r}; use the names of `cnnfeat run --help` options")
+        defaults[name] = value
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
+def _print_summary(workdir: Path, names: list[str], results: list[TrainResult]) -> None:
+    """One screen: each model's validation accuracy and log loss (Kaggle's Dogs vs Cats metric)."""
+    fresh = {r.name: r.trained for r in results}
+    metrics = {m["model"]: m for m in load_metrics(workdir)}
+    click.echo(f"\n{'model':<14} {'val acc':>8} {'val log loss':>13} {'best epoch':>11}  ")
+    for name in names:
+        if name in metrics:
+            m = metrics[name]
+            note = "" if fresh.get(name, True) else "(up to date)"
+            click.echo(f"{name:<14} {m['val_accuracy']:8.4f} {m['val_log_loss']:13.4f} "
+                       f"{m['best_epoch']:>5}/{m['epochs']:<5}  {note}")
 
 
 def _pairs(pairs: list[tuple[str, str]]) -> str:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from features import BACKBONES, WeightsUnavailableError, checkpoint_path, get_backbone, load_backbone, resolve_backbones
-from features.backbones import build_model
+from features.backbones import build_model, fold_batchnorm
 
 SPECS = list(BACKBONES.values())
 IDS = [spec.name for spec in SPECS]
@@ -34,18 +34,29 @@ def test_resolve_backbones_all_and_lists():
 
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
 def test_feature_is_the_classifier_input(spec, torch_home):
-    """classifier(feature) reproduces the model's own logits, through the real ImageNet loading path."""
+    """classifier(feature) reproduces the untouched torchvision model's logits, loaded the real ImageNet way."""
     backbone = load_backbone(spec, weights="imagenet")
     saved = torch.load(checkpoint_path(spec), weights_only=True)
     classifier = backbone.model.get_submodule(spec.classifier)
     assert torch.equal(classifier.weight, saved[f"{spec.classifier}.weight"])  # the cached file was loaded
     assert not any(p.requires_grad for p in backbone.parameters()) and not backbone.model.training
+    original = build_model(spec, "imagenet").eval()
     images = _images(96)
     with torch.inference_mode():
         features = backbone(images)
-        logits = backbone.model(backbone.preprocess(images))
+        logits = original(backbone.preprocess(images).contiguous())
     assert features.shape == (2, spec.feature_dim)
-    torch.testing.assert_close(classifier(features), logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(classifier(features), logits, rtol=1e-4, atol=1e-4 * logits.abs().max().item())
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_batch_norms_are_folded_without_changing_the_function(spec):
+    model = build_model(spec, "random").eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.inference_mode():
+        before = model(x)
+        assert fold_batchnorm(model) > 0
+        torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-4 * before.abs().max().item())
 
 
 def test_inception_keeps_transform_input_with_imagenet_weights(torch_home):

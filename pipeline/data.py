@@ -1,0 +1,104 @@
+"""Cached features of one split as training batches: from memory when they fit, else block by block.
+
+    with FeatureCache(cache_path(workdir)) as cache:
+        table = FeatureTable(cache, "train", ["resnet34", "inception"])
+        for inputs, labels in table.batches(64, generator):   # inputs: {backbone: (B, D) tensor}
+            ...
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from features import CacheError, FeatureCache
+
+Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
+
+
+def default_memory_budget() -> int:
+    """A quarter of the machine's memory: features above it stream from the HDF5 file."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+class FeatureTable:
+    """Rows of one split for some backbones, aligned by image path, with their labels.
+
+    Every backbone's dataset in a split is stored against the split's one `paths` list, so rows
+    join by path by construction; a dataset whose row count disagrees is refused, never trimmed.
+    """
+
+    def __init__(self, cache: FeatureCache, split: str, backbones: list[str],
+                 memory_budget: int | None = None, rows_per_block: int = 4096) -> None:
+        self.cache, self.split, self.backbones = cache, split, list(backbones)
+        self.paths = cache.paths(split)
+        self.labels = torch.from_numpy(cache.labels(split))
+        self.shapes = {name: cache.feature_shape(split, name) for name in self.backbones}
+        for name in self.backbones:
+            rows = cache.row_count(split, name)
+            if rows != len(self.paths):
+                raise CacheError(
+                    f"{cache.path}: {split}/{name} has {rows} rows but {split}/paths has {len(self.paths)}; "
+                    f"the cache is inconsistent: run `cnnfeat extract --force --backbone {name}`"
+                )
+        row_bytes = sum(4 * int(np.prod(shape)) for shape in self.shapes.values())
+        budget = default_memory_budget() if memory_budget is None else memory_budget
+        self.rows_per_block = rows_per_block
+        self.in_memory: dict[str, torch.Tensor] | None = None
+        if row_bytes * len(self.paths) <= budget:
+            self.in_memory = {name: torch.from_numpy(cache.features(split, name)) for name in self.backbones}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        return {name: int(np.prod(shape)) for name, shape in self.shapes.items()}
+
+    @property
+    def labeled(self) -> bool:
+        return bool(len(self.labels)) and bool((self.labels >= 0).all())
+
+    def blocks(self, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """All rows at once from memory; else contiguous blocks from disk, in random order if a generator is given."""
+        if self.in_memory is not None:
+            yield self.in_memory, self.labels
+            return
+        starts = torch.arange(0, len(self), self.rows_per_block)
+        if generator is not None:
+            starts = starts[torch.randperm(len(starts), generator=generator)]
+        for start in starts.tolist():
+            stop = start + self.rows_per_block
+            rows = slice(start, stop)
+            yield {n: torch.from_numpy(self.cache.features(self.split, n, rows)) for n in self.backbones}, self.labels[rows]
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Minibatches; shuffled (within each block, when streaming) if a generator is given."""
+        for inputs, labels in self.blocks(generator):
+            order = torch.randperm(len(labels), generator=generator) if generator is not None else torch.arange(len(labels))
+            for start in range(0, len(labels), batch_size):
+                rows = order[start : start + batch_size]
+                yield {name: values[rows] for name, values in inputs.items()}, labels[rows]
+
+    def stats(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per-feature mean and standard deviation, in float64 so large splits do not lose precision."""
+        sums: dict[str, torch.Tensor] = {}
+        squares: dict[str, torch.Tensor] = {}
+        for inputs, _ in self.blocks():
+            for name, values in inputs.items():
+                flat = values.flatten(1).double()
+                sums[name] = sums.get(name, 0) + flat.sum(0)
+                squares[name] = squares.get(name, 0) + (flat * flat).sum(0)
+        n = max(len(self), 1)
+        stats = {}
+        for name in self.backbones:
+            mean = sums[name] / n
+            std = (squares[name] / n - mean * mean).clamp_min(0).sqrt()
+            stats[name] = (mean.float(), std.float())
+        return stats
