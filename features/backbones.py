@@ -97,11 +97,16 @@ def get_backbone(name: str) -> BackboneSpec:
     raise ValueError(f"unknown backbone {name!r}; known backbones: {known}, or 'all'")
 
 
+def split_names(names: str | list[str] | tuple[str, ...]) -> list[str]:
+    """'a,b' or ['a', 'b,c'] -> ['a', 'b', 'c'], as users type them on a command line."""
+    items = [names] if isinstance(names, str) else names
+    return [n.strip() for item in items for n in item.split(",") if n.strip()]
+
+
 def resolve_backbones(names: str | list[str] | tuple[str, ...]) -> list[BackboneSpec]:
     """Turn 'all', 'resnet,inception' or a list of names into registry entries, in registry order."""
-    if isinstance(names, str):
-        names = [n for n in names.split(",") if n.strip()]
-    if any(n.strip().lower() == "all" for n in names):
+    names = split_names(names)
+    if any(n.lower() == "all" for n in names):
         return list(BACKBONES.values())
     wanted = {get_backbone(n).name for n in names}
     if not wanted:

@@ -125,7 +125,7 @@ extract_options = options(
 training_options = options(
     click.option("--train-split", default="train", help="Labeled split to fit on."),
     click.option("--val-split", default="valid", help="Labeled split for early stopping and metrics."),
-    click.option("--epochs", type=int, default=100, help="At most; early stopping usually ends sooner."),
+    click.option("--epochs", type=int, default=200, help="At most; early stopping usually ends sooner."),
     click.option("--lr", type=float, default=1e-3, help="Adam's learning rate."),
     click.option("--head-batch-size", type=int, default=64, help="Rows per training step."),
     click.option("--weight-decay", type=float, default=0.0),

@@ -87,18 +87,19 @@ class FeatureTable:
                 yield {name: values[rows] for name, values in inputs.items()}, labels[rows]
 
     def stats(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Per-feature mean and standard deviation, in float64 so large splits do not lose precision."""
-        sums: dict[str, torch.Tensor] = {}
-        squares: dict[str, torch.Tensor] = {}
+        """Per-feature mean and standard deviation, merged block by block (Chan et al.) in float64."""
+        merged: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}  # name -> (count, mean, sum of squared deviations)
         for inputs, _ in self.blocks():
             for name, values in inputs.items():
                 flat = values.flatten(1).double()
-                sums[name] = sums.get(name, 0) + flat.sum(0)
-                squares[name] = squares.get(name, 0) + (flat * flat).sum(0)
-        n = max(len(self), 1)
-        stats = {}
-        for name in self.backbones:
-            mean = sums[name] / n
-            std = (squares[name] / n - mean * mean).clamp_min(0).sqrt()
-            stats[name] = (mean.float(), std.float())
-        return stats
+                count, mean = len(flat), flat.mean(0)
+                m2 = ((flat - mean) ** 2).sum(0)
+                if name in merged:
+                    seen, seen_mean, seen_m2 = merged[name]
+                    delta = mean - seen_mean
+                    total = seen + count
+                    mean = seen_mean + delta * count / total
+                    m2 = seen_m2 + m2 + delta**2 * seen * count / total
+                    count = total
+                merged[name] = (count, mean, m2)
+        return {name: (mean.float(), (m2 / max(count, 1)).sqrt().float()) for name, (count, mean, m2) in merged.items()}

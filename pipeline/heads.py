@@ -29,7 +29,7 @@ class Standardize(nn.Module):
 
     def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.mean.copy_(mean)
-        self.std.copy_(std.clamp_min(1e-6))  # a constant feature stays 0 instead of dividing by 0
+        self.std.copy_(torch.where(std > 0, std, torch.ones_like(std)))  # as scikit-learn: constant features stay 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x.flatten(1) - self.mean) / self.std  # (N, C[, H, W]) -> (N, D)

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import log_loss
 
-from features import CacheError, FeatureCache, cache_path, get_backbone
+from features import CacheError, FeatureCache, cache_path, resolve_backbones
+from features.backbones import split_names
 from features.extract import resolve_device
 from features.store import VALUE_SETTINGS, atomic_output
 
@@ -41,7 +42,7 @@ class HeadConfig:
     workdir: Path = Path("cnnfeat-out")
     train_split: str = "train"
     val_split: str = "valid"
-    epochs: int = 100  # an upper bound: early stopping usually ends much sooner
+    epochs: int = 200  # an upper bound: early stopping on validation loss usually ends sooner
     lr: float = 1e-3  # Adam's default suits standardised inputs
     batch_size: int = 64  # the book's
     weight_decay: float = 0.0
@@ -228,20 +229,20 @@ def train_ensemble(cfg: HeadConfig, backbones: list[str] | tuple[str, ...] = ("a
 
 
 def _chosen(cache: FeatureCache, cfg: HeadConfig, backbones: list[str] | tuple[str, ...]) -> list[str]:
-    available = cached_backbones(cache, cfg)
-    wanted = [n.strip() for item in backbones for n in item.split(",") if n.strip()]
-    if any(n.lower() == "all" for n in wanted):
+    """'all' means every backbone the cache has for both splits; named ones must all be there."""
+    if any(name.lower() == "all" for name in split_names(backbones)):
+        available = cached_backbones(cache, cfg)
         if not available:
             raise CacheError(
                 f"no backbone has features for both {cfg.train_split!r} and {cfg.val_split!r} in {cache.path}; "
                 f"run `cnnfeat extract` first"
             )
         return available
-    names = [get_backbone(n).name for n in wanted]
+    names = [spec.name for spec in resolve_backbones(backbones)]
     for name in names:
         for split in (cfg.train_split, cfg.val_split):
             cache.check_features(split, name)
-    return list(dict.fromkeys(names))
+    return names
 
 
 def load_metrics(workdir: Path) -> list[dict]:

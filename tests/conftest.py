@@ -65,3 +65,23 @@ def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def digits_copy(digits_folder: Path, tmp_path: Path) -> Path:
     """A private copy for tests that add, break or touch files."""
     return Path(shutil.copytree(digits_folder, tmp_path / "data"))
+
+
+@pytest.fixture(scope="session")
+def digits10_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workdir whose features.h5 holds all backbones for ten digit classes (400 train, 200 valid, 20 test)."""
+    from features import ExtractConfig, extract
+
+    root = tmp_path_factory.mktemp("digits10")
+    data = make_digits.write_digits(root / "data", list(range(10)), 40, 20, 20, size=IMAGE_SIZE)
+    extract(ExtractConfig(data=data, workdir=root / "work", weights="random", image_size=IMAGE_SIZE, batch_size=32))
+    return root / "work"
+
+
+@pytest.fixture
+def digits10_workdir(digits10_cache: Path, tmp_path: Path) -> Path:
+    """A private workdir with the shared cache, for tests that train and write."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    shutil.copy(digits10_cache / "features.h5", workdir / "features.h5")
+    return workdir

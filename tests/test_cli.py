@@ -44,3 +44,57 @@ def test_user_errors_are_one_line_not_a_traceback(tmp_path):
     assert result.exit_code == 1 and "no images found" in result.output
     result = _run("extract", "--data", str(tmp_path), "--backbone", "vgg")
     assert result.exit_code == 1 and "unknown backbone 'vgg'" in result.output
+
+
+def test_run_does_every_stage_then_nothing(digits_folder, tmp_path):
+    workdir = tmp_path / "work"
+    args = ("run", "--data", str(digits_folder), "--workdir", str(workdir), "--weights", "random",
+            "--image-size", str(IMAGE_SIZE), "--workers", "0", "--epochs", "5")
+    first = _run(*args)
+    assert first.exit_code == 0, first.output
+    for name in ("resnet34", "inception", "densenet121", "ensemble"):
+        assert (workdir / "heads" / f"{name}.pt").exists() and name in first.output
+    assert "ensemble on test: wrote" in first.output
+    submission = (workdir / "submission.csv").read_text().splitlines()
+    assert submission[0] == "id,0,1,2" and len(submission) == 7
+    second = _run(*args)
+    assert second.exit_code == 0
+    assert "Nothing to do" in second.output and second.output.count("(up to date)") == 4
+    assert "ensemble on test: up to date" in second.output
+
+
+def test_run_reads_a_toml_config_and_the_command_line_wins(digits_folder, tmp_path):
+    config = tmp_path / "job.toml"
+    config.write_text(
+        f'data = "{digits_folder}"\nworkdir = "{tmp_path / "work"}"\nweights = "random"\n'
+        f'image-size = {IMAGE_SIZE}\nworkers = 0\nepochs = 50\nkaggle_binary = false\n'
+    )
+    result = _run("run", "--config", str(config), "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    metrics = (tmp_path / "work" / "metrics" / "resnet34.json").read_text()
+    assert '"epochs": 2' in metrics
+    config.write_text('data = "x"\nlearning_rate = 3\n')
+    bad = _run("run", "--config", str(config))
+    assert bad.exit_code != 0 and "unknown setting 'learning_rate'" in bad.output
+
+
+def test_stage_commands_and_their_errors(digits_folder, tmp_path):
+    workdir = str(tmp_path / "work")
+    missing = _run("train-head", "--workdir", workdir)
+    assert missing.exit_code == 1 and "cnnfeat extract" in missing.output
+    extracted = _run("extract", "--data", str(digits_folder), "--workdir", workdir, "--weights", "random",
+                     "--image-size", str(IMAGE_SIZE), "--workers", "0", "--backbone", "resnet34,densenet")
+    assert extracted.exit_code == 0, extracted.output
+    absent = _run("train-head", "--workdir", workdir, "--backbone", "inception")
+    assert absent.exit_code == 1 and "cnnfeat extract --backbone inception" in absent.output
+    heads = _run("train-head", "--workdir", workdir, "--epochs", "3")
+    assert heads.exit_code == 0 and "resnet34" in heads.output and "densenet121" in heads.output
+    no_ensemble = _run("predict", "--workdir", workdir)
+    assert no_ensemble.exit_code == 1 and "no trained head" in no_ensemble.output
+    ensemble = _run("ensemble", "--workdir", workdir, "--epochs", "3")
+    assert ensemble.exit_code == 0 and "ensemble" in ensemble.output
+    binary = _run("predict", "--workdir", workdir, "--kaggle-binary")
+    assert binary.exit_code == 1 and "exactly two classes" in binary.output
+    predicted = _run("predict", "--workdir", workdir, "--model", "resnet", "--split", "valid", "--output",
+                     str(tmp_path / "valid.csv"))
+    assert predicted.exit_code == 0 and "accuracy" in predicted.output and (tmp_path / "valid.csv").exists()

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from features import CacheError, cache_path
+from pipeline.predict import PredictConfig, Probabilities, predict, submission_frame
+from pipeline.train import HeadConfig, train_ensemble, train_linear_heads
+
+
+def _probs(ids: list[str], proba: list[list[float]], classes=("cat", "dog")) -> Probabilities:
+    return Probabilities([f"test/{i}.jpg" for i in ids], np.full(len(ids), -1), np.array(proba), tuple(classes))
+
+
+def test_ids_sort_numerically_and_rows_sum_to_one():
+    frame = submission_frame(_probs(["10", "2", "1"], [[0.1, 0.9], [0.6, 0.4], [0.3, 0.7]]))
+    assert frame.id.tolist() == ["1", "2", "10"]
+    assert list(frame.columns) == ["id", "cat", "dog"]
+    assert frame.dog.tolist() == [0.7, 0.4, 0.9]
+    np.testing.assert_allclose(frame[["cat", "dog"]].sum(axis=1), 1)
+
+
+def test_non_numeric_ids_keep_path_order():
+    frame = submission_frame(_probs(["b", "a10", "a2"], [[1, 0], [0, 1], [0.5, 0.5]]))
+    assert frame.id.tolist() == ["b", "a10", "a2"]
+
+
+def test_kaggle_binary_is_the_second_class_clipped():
+    frame = submission_frame(_probs(["1", "2"], [[0.999, 0.001], [0.2, 0.8]]), kaggle_binary=True, clip=0.02)
+    assert list(frame.columns) == ["id", "label"]
+    assert frame.label.tolist() == pytest.approx([0.02, 0.8])
+    with pytest.raises(ValueError, match="exactly two classes"):
+        submission_frame(_probs(["1"], [[0.2, 0.3, 0.5]], classes=("a", "b", "c")), kaggle_binary=True)
+
+
+def test_predict_writes_a_submission_and_scores_labeled_splits(digits10_workdir):
+    train_linear_heads(HeadConfig(workdir=digits10_workdir, epochs=20), ["resnet34"])
+    result = predict(PredictConfig(workdir=digits10_workdir, model="resnet34"))
+    frame = pd.read_csv(digits10_workdir / "submission.csv", dtype={"id": str})
+    assert result.written and result.rows == 20 and len(frame) == 20
+    assert frame.id.tolist() == [str(i) for i in range(1, 21)]
+    assert list(frame.columns) == ["id", *[str(d) for d in range(10)]]
+    np.testing.assert_allclose(frame.iloc[:, 1:].sum(axis=1), 1, rtol=1e-9)
+    assert result.accuracy is None
+    assert not predict(PredictConfig(workdir=digits10_workdir, model="resnet34")).written
+    scored = predict(PredictConfig(workdir=digits10_workdir, model="resnet34", split="valid",
+                                   output=digits10_workdir / "valid.csv"))
+    assert scored.accuracy > 0.8 and scored.log_loss > 0
+
+
+def test_head_and_cache_must_agree(digits10_workdir):
+    train_ensemble(HeadConfig(workdir=digits10_workdir, epochs=2))
+    with pytest.raises(FileNotFoundError, match="train-head"):
+        predict(PredictConfig(workdir=digits10_workdir, model="inception"))
+    with h5py.File(cache_path(digits10_workdir), "r+") as f:
+        f["test/densenet121"].attrs["pool"] = "max"
+    with pytest.raises(CacheError, match="other pool"):
+        predict(PredictConfig(workdir=digits10_workdir))
+    with h5py.File(cache_path(digits10_workdir), "r+") as f:
+        f["test/densenet121"].attrs["pool"] = "avg"
+        f.attrs["classes"] = '["a", "b"]'
+    with pytest.raises(CacheError, match="trained on classes"):
+        predict(PredictConfig(workdir=digits10_workdir))
+    assert not (digits10_workdir / "submission.csv").exists()
