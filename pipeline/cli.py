@@ -127,12 +127,17 @@ training_options = options(
     click.option("--val-split", default="valid", help="Labeled split for early stopping and metrics."),
     click.option("--epochs", type=int, default=200, help="At most; early stopping usually ends sooner."),
     click.option("--lr", type=float, default=1e-3, help="Adam's learning rate."),
-    click.option("--head-batch-size", type=int, default=64, help="Rows per training step."),
     click.option("--weight-decay", type=float, default=0.0),
     click.option("--patience", type=int, default=10, help="Epochs without a better validation loss before stopping."),
     click.option("--dropout", type=float, default=None, help="[default: 0 for linear heads, 0.5 for the ensemble]"),
-    click.option("--hidden", type=int, default=512, help="The ensemble's shared hidden size."),
 )
+hidden_option = click.option("--hidden", type=int, default=512, help="The ensemble's shared hidden size.")
+
+
+def head_batch_option(*names: str) -> Callable[..., Any]:
+    """`run` has --batch-size for extraction, so there the head's is only --head-batch-size."""
+    return click.option("--head-batch-size", *names, "head_batch_size", type=int, default=64, help="Rows per training step.")
+
 
 force_option = click.option("--force", is_flag=True, help="Redo even what is up to date.")
 
@@ -147,7 +152,7 @@ def _extract_config(o: dict[str, Any], backbones: tuple[str, ...]) -> ExtractCon
 def _head_config(o: dict[str, Any]) -> HeadConfig:
     return HeadConfig(workdir=o["workdir"], train_split=o["train_split"], val_split=o["val_split"],
                       epochs=o["epochs"], lr=o["lr"], batch_size=o["head_batch_size"], weight_decay=o["weight_decay"],
-                      patience=o["patience"], dropout=o["dropout"], hidden=o["hidden"], seed=o["seed"],
+                      patience=o["patience"], dropout=o["dropout"], hidden=o.get("hidden", HeadConfig.hidden), seed=o["seed"],
                       device=o["device"], force=o["force"])
 
 
@@ -191,6 +196,7 @@ def _print_extract(report: ExtractReport) -> None:
               help="Backbone(s) to fit a linear head on, or all that the cache has.")
 @workdir_option
 @training_options
+@head_batch_option("--batch-size")
 @click.option("--seed", type=int, default=0)
 @click.option("--device", type=click.Choice(DEVICES), default="auto")
 @force_option
@@ -206,6 +212,8 @@ def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
               help="Two or more backbones (comma list or repeated), or all that the cache has.")
 @workdir_option
 @training_options
+@head_batch_option("--batch-size")
+@hidden_option
 @click.option("--seed", type=int, default=0)
 @click.option("--device", type=click.Choice(DEVICES), default="auto")
 @force_option
@@ -248,6 +256,8 @@ def _print_prediction(model: str, split: str, result: PredictResult) -> None:
 @workdir_option
 @extract_options
 @training_options
+@head_batch_option()
+@hidden_option
 @click.option("--kaggle-binary", is_flag=True, help="Predict as id,label (two classes).")
 @click.option("--clip", type=float, default=None, help="Clip predicted probabilities to [clip, 1-clip].")
 @force_option

@@ -81,19 +81,19 @@ class FeatureTable:
     def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
         """Minibatches; shuffled (within each block, when streaming) if a generator is given."""
         for inputs, labels in self.blocks(generator):
-            order = torch.randperm(len(labels), generator=generator) if generator is not None else torch.arange(len(labels))
+            order = torch.randperm(len(labels), generator=generator) if generator is not None else None
             for start in range(0, len(labels), batch_size):
-                rows = order[start : start + batch_size]
+                rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
                 yield {name: values[rows] for name, values in inputs.items()}, labels[rows]
 
     def stats(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Per-feature mean and standard deviation, merged block by block (Chan et al.) in float64."""
+        """Per-feature mean and standard deviation: exact per block, blocks merged (Chan et al.) in float64."""
         merged: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}  # name -> (count, mean, sum of squared deviations)
         for inputs, _ in self.blocks():
             for name, values in inputs.items():
-                flat = values.flatten(1).double()
-                count, mean = len(flat), flat.mean(0)
-                m2 = ((flat - mean) ** 2).sum(0)
+                count = len(values)
+                var, mean = torch.var_mean(values.flatten(1), dim=0, correction=0)  # two-pass, in the block's dtype
+                mean, m2 = mean.double(), var.double() * count
                 if name in merged:
                     seen, seen_mean, seen_m2 = merged[name]
                     delta = mean - seen_mean

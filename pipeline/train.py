@@ -90,25 +90,33 @@ def evaluate(head: FeatureHead, table: FeatureTable, device: torch.device, batch
 
 
 def fit(head: FeatureHead, train: FeatureTable, val: FeatureTable, cfg: HeadConfig, device: torch.device) -> tuple[list[dict], int]:
-    """Adam with early stopping on validation loss; the head ends with its best epoch's weights."""
+    """Adam with early stopping on validation loss; the head ends with its best epoch's weights.
+
+    An epoch's training loss and accuracy are the running ones over its minibatches (dropout on),
+    as Keras reports them; the validation ones are exact, in eval mode.
+    """
     for name, (mean, std) in train.stats().items():
         head.scalers[name].set_stats(mean, std)
     head.to(device)
-    optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel per step instead of a dozen small ones; most of a linear head's step time
+    optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     generator = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
     best_loss, best_state, best_epoch = math.inf, copy.deepcopy(head.state_dict()), 0
     for epoch in range(1, cfg.epochs + 1):
         head.train()
+        loss_sum = correct = torch.zeros((), device=device)  # summed on the device: no sync per step
         for inputs, labels in train.batches(cfg.batch_size, generator):
+            labels = labels.to(device, non_blocking=True)
             logits = head({name: x.to(device, non_blocking=True) for name, x in inputs.items()})
-            loss = F.cross_entropy(logits, labels.to(device, non_blocking=True))
+            loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        train_loss, train_acc = evaluate(head, train, device)
+            loss_sum = loss_sum + loss.detach() * len(labels)
+            correct = correct + (logits.argmax(1) == labels).sum()
         val_loss, val_acc = evaluate(head, val, device)
-        history.append(dict(epoch=epoch, train_loss=train_loss, train_accuracy=train_acc,
+        history.append(dict(epoch=epoch, train_loss=loss_sum.item() / len(train), train_accuracy=correct.item() / len(train),
                             val_loss=val_loss, val_accuracy=val_acc))
         if val_loss < best_loss:
             best_loss, best_state, best_epoch = val_loss, copy.deepcopy(head.state_dict()), epoch
@@ -164,9 +172,10 @@ def train_one(cache: FeatureCache, cfg: HeadConfig, name: str, kind: str, backbo
     device = resolve_device(cfg.device)
     history, best_epoch = fit(head, train, val, cfg, device)
     best = history[best_epoch - 1]
+    train_loss, train_acc = evaluate(head, train, device)  # exact, in eval mode, for the kept epoch
     metrics = {
         "model": name, "val_accuracy": best["val_accuracy"], "val_log_loss": best["val_loss"],
-        "train_accuracy": best["train_accuracy"], "train_log_loss": best["train_loss"],
+        "train_accuracy": train_acc, "train_log_loss": train_loss,
         "best_epoch": best_epoch, "epochs": len(history), "n_train": len(train), "n_val": len(val),
         "classes": list(cache.classes), "backbones": backbones,
     }

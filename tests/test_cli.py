@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from click.testing import CliRunner
 
 from pipeline.cli import main
@@ -87,8 +88,10 @@ def test_stage_commands_and_their_errors(digits_folder, tmp_path):
     assert extracted.exit_code == 0, extracted.output
     absent = _run("train-head", "--workdir", workdir, "--backbone", "inception")
     assert absent.exit_code == 1 and "cnnfeat extract --backbone inception" in absent.output
-    heads = _run("train-head", "--workdir", workdir, "--epochs", "3")
+    heads = _run("train-head", "--workdir", workdir, "--epochs", "3", "--batch-size", "7")
     assert heads.exit_code == 0 and "resnet34" in heads.output and "densenet121" in heads.output
+    saved = torch.load(tmp_path / "work" / "heads" / "resnet34.pt", weights_only=True)
+    assert saved["meta"]["config"]["batch_size"] == 7
     no_ensemble = _run("predict", "--workdir", workdir)
     assert no_ensemble.exit_code == 1 and "no trained head" in no_ensemble.output
     ensemble = _run("ensemble", "--workdir", workdir, "--epochs", "3")
