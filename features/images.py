@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2.functional import InterpolationMode, resize
 
 log = logging.getLogger(__name__)
 
@@ -152,37 +154,92 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
 class DecodedBatch(NamedTuple):
-    rows: torch.Tensor  # (B,) int64 positions in the split of the decoded images
+    rows: torch.Tensor  # (B,) int64 positions in the split of the decoded images, ascending
     images: torch.Tensor  # (B, 3, H, W) uint8
     failed_rows: list[int]  # positions that could not be decoded
     failed_reasons: list[str]
+    jpeg_rows: list[int] = []  # positions whose JPEG bytes are left to decode_on_device
+    jpeg_bytes: list[torch.Tensor] = []
 
 
 class ImageFiles(Dataset):
-    """Decodes each image once, for every backbone; a broken file yields its error, not an exception."""
+    """Item i is the split's image i, decoded once for every backbone; a broken file yields its error.
 
-    def __init__(self, root: Path, paths: tuple[str, ...], rows: range, size: int) -> None:
-        self.root, self.paths, self.rows, self.size = root, paths, rows, size
+    With jpeg_bytes=True a JPEG comes back undecoded, for decode_on_device to decode a whole batch
+    at once where the models run (nvJPEG on a GPU); other formats are still decoded here with PIL.
+    """
+
+    def __init__(self, root: Path, paths: tuple[str, ...], size: int, jpeg_bytes: bool = False) -> None:
+        self.root, self.paths, self.size, self.jpeg_bytes = root, paths, size, jpeg_bytes
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str]:
-        row = self.rows[i]
+    def __getitem__(self, row: int) -> tuple[int, torch.Tensor | None, str]:
+        path = self.root / self.paths[row]
         try:
-            return row, load_rgb(self.root / self.paths[row], self.size), ""
+            if self.jpeg_bytes:
+                data = path.read_bytes()
+                if data.startswith(JPEG_MAGIC):
+                    return row, torch.frombuffer(bytearray(data), dtype=torch.uint8), "jpeg"
+            return row, load_rgb(path, self.size), ""
         except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files; each is a skip
             return row, None, f"{type(err).__name__}: {err}"
 
 
 def collate_decoded(items: list[tuple[int, torch.Tensor | None, str]]) -> DecodedBatch:
-    good = [(row, img) for row, img, _ in items if img is not None]
+    good = [(row, img) for row, img, note in items if img is not None and note != "jpeg"]
     bad = [(row, reason) for row, img, reason in items if img is None]
+    jpegs = [(row, data) for row, data, note in items if note == "jpeg"]
     images = torch.stack([img for _, img in good]) if good else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
     return DecodedBatch(
         torch.tensor([row for row, _ in good], dtype=torch.int64),
         images,
         [row for row, _ in bad],
         [reason for _, reason in bad],
+        [row for row, _ in jpegs],
+        [data for _, data in jpegs],
     )
+
+
+def decode_on_device(batch: DecodedBatch, root: Path, paths: tuple[str, ...], size: int,
+                     device: torch.device) -> DecodedBatch:
+    """Decode the batch's JPEG bytes with torchvision.io.decode_jpeg on the device and resize there.
+
+    One batched call (nvJPEG on a GPU, libjpeg-turbo on a CPU); if it fails, image by image, and an
+    image the device cannot decode gets PIL's verdict, so a broken file is skipped as on the PIL path.
+    """
+    if not batch.jpeg_rows:
+        return batch
+    try:
+        decoded = decode_jpeg(batch.jpeg_bytes, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        decoded = [_decode_one(data, device) for data in batch.jpeg_bytes]
+    rows, images = batch.rows.tolist(), [batch.images.to(device, non_blocking=True)] if len(batch.rows) else []
+    failed = dict(zip(batch.failed_rows, batch.failed_reasons))
+    for row, image in zip(batch.jpeg_rows, decoded):
+        if image is None:
+            try:
+                image = load_rgb(root / paths[row], size).to(device)
+            except Exception as err:  # noqa: BLE001 - as in ImageFiles
+                failed[row] = f"{type(err).__name__}: {err}"
+                continue
+        else:
+            image = resize(image, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+        rows.append(row)
+        images.append(image[None])
+    order = sorted(range(len(rows)), key=rows.__getitem__)
+    pixels = torch.cat(images)[torch.tensor(order, device=device)] if rows else batch.images
+    return DecodedBatch(torch.tensor(sorted(rows), dtype=torch.int64), pixels, sorted(failed),
+                        [failed[r] for r in sorted(failed)])
+
+
+def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        return None

@@ -133,13 +133,12 @@ class Staging:
         start, stop = path.stem.split("-")
         return int(start), int(stop)
 
-    def done_until(self) -> int:
-        """Rows [0, n) are staged with no gap; the next run resumes at n."""
-        done = 0
-        for start, stop in sorted(self._span(p) for p in self._chunk_files()):
-            if start > done:
-                break
-            done = max(done, stop)
+    def done_rows(self, n: int) -> np.ndarray:
+        """Which of the split's n scanned rows are staged; a run computes only the others."""
+        done = np.zeros(n, dtype=bool)
+        for path in self._chunk_files():
+            start, stop = self._span(path)
+            done[start:stop] = True
         return done
 
     def save(self, start: int, stop: int, rows: np.ndarray, features: np.ndarray,

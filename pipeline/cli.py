@@ -33,7 +33,7 @@ from features import (
 )
 from features import ExtractReport, get_backbone
 from features.backbones import POOLS, WEIGHTS
-from features.extract import DEVICES, PRECISIONS, ProgressFn
+from features.extract import DECODERS, DEVICES, PRECISIONS, ProgressFn
 
 from .predict import PredictConfig, PredictResult, predict
 from .run import run_pipeline
@@ -119,6 +119,8 @@ extract_options = options(
     click.option("--workers", type=int, default=None, help="Decoding processes [default: from the core count]."),
     click.option("--device", type=click.Choice(DEVICES), default="auto"),
     click.option("--precision", type=click.Choice(tuple(PRECISIONS)), default="fp32"),
+    click.option("--decode", type=click.Choice(DECODERS), default="auto",
+                 help="device: JPEGs decoded and resized where the models run (nvJPEG on a GPU); auto: on a GPU only."),
     click.option("--seed", type=int, default=0, help="Seed of --weights random, and of head training."),
 )
 
@@ -145,8 +147,8 @@ force_option = click.option("--force", is_flag=True, help="Redo even what is up 
 def _extract_config(o: dict[str, Any], backbones: tuple[str, ...]) -> ExtractConfig:
     return ExtractConfig(data=o["data"], workdir=o["workdir"], backbones=backbones, weights=o["weights"],
                          pool=o["pool"], image_size=o["image_size"], batch_size=o["extract_batch_size"],
-                         workers=o["workers"], device=o["device"], precision=o["precision"], seed=o["seed"],
-                         force=o["force"])
+                         workers=o["workers"], device=o["device"], precision=o["precision"], decode=o["decode"],
+                         seed=o["seed"], force=o["force"])
 
 
 def _head_config(o: dict[str, Any]) -> HeadConfig:
@@ -174,7 +176,8 @@ def _extract_with_progress(run: Callable[[ProgressFn], Any]) -> Any:
 def extract_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 1: decode every image once, run the frozen backbones, cache the features in HDF5."""
     report = _extract_with_progress(lambda progress: extract(_extract_config(o, backbones), progress=progress))
-    _print_extract(report)
+    if report.main:  # under torchrun, rank 0 speaks for all
+        _print_extract(report)
 
 
 def _print_extract(report: ExtractReport) -> None:
@@ -183,8 +186,9 @@ def _print_extract(report: ExtractReport) -> None:
     if not report.computed:
         click.echo(f"Nothing to do: {report.cache} is up to date for {_pairs(report.up_to_date)}.")
         return
+    ranks = f" by {len(report.images_per_rank)} ranks" if len(report.images_per_rank) > 1 else ""
     click.echo(
-        f"Extracted {_pairs(report.computed)}: {report.images_decoded} images in {report.seconds:.1f} s "
+        f"Extracted {_pairs(report.computed)}: {report.images_decoded} images{ranks} in {report.seconds:.1f} s "
         f"({report.images_per_second:.1f} img/s) -> {report.cache}"
     )
     if report.up_to_date:
@@ -268,6 +272,8 @@ def run_command(**o: Any) -> None:
     predict_cfg = PredictConfig(workdir=o["workdir"], kaggle_binary=o["kaggle_binary"], clip=o["clip"],
                                 device=o["device"], force=o["force"])
     report = _extract_with_progress(lambda progress: run_pipeline(extract_cfg, _head_config(o), predict_cfg, progress))
+    if not report.extract.main:  # under torchrun, rank 0 trains, predicts and speaks for all
+        return
     _print_extract(report.extract)
     _print_summary(o["workdir"], [r.name for r in report.heads], report.heads)
     if report.prediction is not None:

@@ -31,6 +31,8 @@ def run_pipeline(extract_cfg: ExtractConfig, head_cfg: HeadConfig, predict_cfg: 
                  progress: ProgressFn | None = None) -> RunReport:
     """Extract all backbones, a linear head each, the ensemble, then predict if there is an unlabeled split."""
     report = RunReport(extract(extract_cfg, progress))
+    if not report.extract.main:  # under torchrun only extraction is shared; rank 0 does the rest
+        return report
     report.heads = train_linear_heads(head_cfg)
     with FeatureCache(cache_path(head_cfg.workdir)) as cache:
         backbones = cached_backbones(cache, head_cfg)

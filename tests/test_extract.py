@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
@@ -23,10 +24,13 @@ from features import (
     get_backbone,
     load_backbone,
 )
-from features.images import load_rgb
-from features.store import workdir_lock
+from features.extract import StagingWriter
+from features.images import DecodedBatch, load_rgb
+from features.store import Staging, workdir_lock
 
 from .conftest import IMAGE_SIZE
+
+extract_module = importlib.import_module("features.extract")  # the package re-exports extract(), the function
 
 NAMES = list(BACKBONES)
 
@@ -222,3 +226,85 @@ def test_a_busy_workdir_is_refused(digits_folder, tmp_path):
 def test_bad_settings_are_refused_before_any_work(overrides, message, digits_folder, tmp_path):
     with pytest.raises(ValueError, match=message):
         _config(digits_folder, tmp_path, **overrides)
+
+
+def test_a_resume_fills_every_gap_to_the_same_features(reference, digits_folder, tmp_path, monkeypatch):
+    """Batches missing anywhere (a torchrun rank that died, say) are computed; nothing else is."""
+    workdir = tmp_path / "work"
+
+    def crash_before_merging(*args, **kwargs):
+        raise RuntimeError("crashed before merging")
+
+    monkeypatch.setattr(extract_module, "commit_cache", crash_before_merging)
+    with pytest.raises(RuntimeError, match="before merging"):
+        extract(_config(digits_folder, workdir))
+    monkeypatch.undo()
+    staged = sorted(workdir.glob(".staging/*/*/*.npz"))
+    for lost in staged[1::2]:  # every other batch of every backbone
+        lost.unlink()
+    resumed = extract(_config(digits_folder, workdir))
+    assert 0 < resumed.images_decoded < 42
+    for key, values in _snapshot(reference).items():
+        np.testing.assert_array_equal(_snapshot(workdir)[key], values, err_msg=str(key))
+
+
+def test_missing_batches_are_cut_from_each_gap_on_the_batch_grid(tmp_path):
+    jobs = [extract_module._Job(get_backbone(name), {}, Staging(tmp_path, "train", name, "k")) for name in ("resnet34", "inception")]
+    jobs[0].staging.save(0, 4, np.arange(4), np.zeros((4, 1)), [], [])
+    jobs[0].staging.save(8, 12, np.arange(8, 12), np.zeros((4, 1)), [], [])
+    jobs[1].staging.save(0, 4, np.arange(4), np.zeros((4, 1)), [], [])
+    batches = extract_module._missing_batches(14, jobs, batch_size=4)
+    assert batches == [(4, 8, ("resnet34", "inception")), (8, 12, ("inception",)), (12, 14, ("resnet34", "inception"))]
+
+
+def test_staging_writer_keeps_finished_batches_and_reports_a_failed_write(tmp_path, monkeypatch):
+    staging = Staging(tmp_path, "train", "resnet34", "k")
+    batch = DecodedBatch(torch.arange(2), torch.zeros(2, 3, 4, 4, dtype=torch.uint8), [], [])
+    with StagingWriter(in_flight=1) as writer:
+        writer.save(staging, 0, 2, batch, torch.ones(2, 5))
+    assert staging.done_rows(2).all()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Staging, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"), StagingWriter() as writer:
+        writer.save(staging, 2, 4, batch, torch.ones(2, 5))
+
+
+def test_decoding_on_the_device_matches_pil(reference, digits_copy, tmp_path):
+    """The nvJPEG path, run on the CPU: torchvision.io decodes JPEGs, a broken one gets PIL's verdict."""
+    (digits_copy / "train" / "0" / "zz-broken.jpg").write_bytes(b"\xff\xd8\xff" + b"garbage" * 10)
+    (digits_copy / "train" / "1" / "zz-empty.jpg").write_bytes(b"")
+    workdir = tmp_path / "work"
+    report = extract(_config(digits_copy, workdir, decode="device"))
+    assert [p for p, _ in report.skipped_files["train"]] == ["train/0/zz-broken.jpg", "train/1/zz-empty.jpg"]
+    with FeatureCache(workdir / "features.h5") as cache:
+        assert cache.settings("train", "resnet34")["decode"] == "torchvision.io.decode_jpeg"
+    pil, device = _snapshot(reference), _snapshot(workdir)
+    for key in pil:
+        a, b = pil[key], device[key]
+        cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        assert cosine.min() > 0.999, key
+
+
+def test_torchrun_with_two_ranks_writes_the_single_process_cache(reference, digits_folder, tmp_path):
+    workdir = tmp_path / "work"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "pipeline", "extract", "--data", str(digits_folder), "--workdir", str(workdir),
+               "--weights", "random", "--image-size", str(IMAGE_SIZE), "--batch-size", "4", "--workers", "0",
+               "--device", "cpu"]
+    # torchrun would give each rank one thread; CPU kernels split sums by thread count, so match this process's
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("Extracted") == 1 and "42 images by 2 ranks" in done.stdout  # rank 0 reports for both
+    expected, got = _snapshot(reference), _snapshot(workdir)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=str(key))
+    with FeatureCache(reference / "features.h5") as one, FeatureCache(workdir / "features.h5") as two:
+        for split in one.splits:
+            assert one.paths(split) == two.paths(split)
+            np.testing.assert_array_equal(one.labels(split), two.labels(split))
+    assert not (workdir / ".staging").exists()

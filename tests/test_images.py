@@ -147,7 +147,7 @@ def _broken_files(tmp_path: Path) -> list[str]:
 
 def test_undecodable_files_come_back_as_failures_not_exceptions(tmp_path):
     names = _broken_files(tmp_path)
-    dataset = ImageFiles(tmp_path, tuple(names), range(len(names)), 32)
+    dataset = ImageFiles(tmp_path, tuple(names), 32)
     batch = collate_decoded([dataset[i] for i in range(len(dataset))])
     assert batch.rows.tolist() == [4]
     assert batch.images.shape == (1, 3, 32, 32)
@@ -157,13 +157,13 @@ def test_undecodable_files_come_back_as_failures_not_exceptions(tmp_path):
 
 def test_a_batch_of_only_broken_files(tmp_path):
     names = _broken_files(tmp_path)[:4]
-    batch = collate_decoded([ImageFiles(tmp_path, tuple(names), range(4), 32)[i] for i in range(4)])
+    batch = collate_decoded([ImageFiles(tmp_path, tuple(names), 32)[i] for i in range(4)])
     assert len(batch.rows) == 0 and len(batch.images) == 0 and batch.failed_rows == [0, 1, 2, 3]
 
 
-def test_resume_range_keeps_split_positions(tmp_path):
+def test_items_are_indexed_by_split_position(tmp_path):
     names = [f"{i}.jpg" for i in range(5)]
     for name in names:
         _jpeg(tmp_path / name)
-    dataset = ImageFiles(tmp_path, tuple(names), range(3, 5), 16)
-    assert len(dataset) == 2 and [dataset[i][0] for i in range(2)] == [3, 4]
+    dataset = ImageFiles(tmp_path, tuple(names), 16)
+    assert len(dataset) == 5 and [dataset[i][0] for i in (3, 4)] == [3, 4]

@@ -20,13 +20,14 @@ def _stage(staging: Staging, start: int, stop: int, failed: tuple[int, ...] = ()
                  list(failed), ["broken"] * len(failed))
 
 
-def test_staging_resumes_after_the_last_contiguous_batch(tmp_path):
+def test_staging_knows_every_staged_row_gaps_included(tmp_path):
     staging = Staging(tmp_path, "train", "resnet34", "k")
-    assert staging.done_until() == 0
+    assert not staging.done_rows(18).any()
     _stage(staging, 0, 4)
     _stage(staging, 4, 8)
-    _stage(staging, 12, 16)  # a gap at 8..12: resume there
-    assert staging.done_until() == 8
+    _stage(staging, 12, 16, failed=(13,))  # a gap at 8..12 (another rank's batch, or a killed one)
+    expected = [r < 8 or 12 <= r < 16 for r in range(18)]
+    assert staging.done_rows(18).tolist() == expected
     assert not list(staging.folder.glob("*.tmp"))
 
 
