@@ -9,8 +9,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from features import BACKBONES, CacheError, FeatureCache, cache_path
+from features import BACKBONES, CacheError, ExtractConfig, FeatureCache, cache_path, extract
 from pipeline.train import HeadConfig, train_ensemble, train_linear_heads
+
+from .conftest import IMAGE_SIZE
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +91,15 @@ def test_errors_say_what_to_run(digits10_workdir, tmp_path):
         train_linear_heads(HeadConfig(workdir=digits10_workdir), ["vgg"])
     with pytest.raises(ValueError, match="must differ"):
         HeadConfig(val_split="train")
+
+
+def test_heads_on_bf16_features_are_as_accurate_as_on_fp32(trained, digits10_cache, tmp_path):
+    workdir = tmp_path / "bf16"
+    extract(ExtractConfig(data=digits10_cache.parent / "data", workdir=workdir, weights="random",
+                          image_size=IMAGE_SIZE, batch_size=32, precision="bf16"))
+    _, fp32_heads, _ = trained
+    fp32 = {r.name: r.metrics["val_accuracy"] for r in fp32_heads}
+    bf16 = {r.name: r.metrics["val_accuracy"] for r in train_linear_heads(HeadConfig(workdir=workdir))}
+    assert bf16.keys() == fp32.keys()
+    for name in fp32:  # within two images of 200
+        assert bf16[name] >= fp32[name] - 0.01, (name, bf16[name], fp32[name])
