@@ -136,6 +136,8 @@ def build_model(spec: BackboneSpec, weights: str = "imagenet", seed: int = 0) ->
     path = checkpoint_path(spec)
     was_cached = path.exists()
     try:
+        if was_cached:  # torchvision's builders unpickle with weights_only=False: vet the file first
+            torch.load(path, map_location="cpu", weights_only=True)
         return spec.builder(weights=spec.weights)
     except Exception as err:  # noqa: BLE001 - a cached file that fails to load in any way is broken
         if was_cached:

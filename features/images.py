@@ -229,7 +229,8 @@ def decode_on_device(batch: DecodedBatch, root: Path, paths: tuple[str, ...], si
                 failed[row] = f"{type(err).__name__}: {err}"
                 continue
         else:
-            image = resize(image, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+            with torch.autocast(device.type, enabled=False):  # resize uint8 pixels in fp32 even under --precision
+                image = resize(image, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
         rows.append(row)
         images.append(image[None])
     order = sorted(range(len(rows)), key=rows.__getitem__)

@@ -24,7 +24,9 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import shutil
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,9 +155,17 @@ class Staging:
         )
 
     def chunks(self) -> Iterator[dict[str, np.ndarray]]:
+        """Each staged batch; never unpickles (allow_pickle=False), a damaged file is a clear error."""
         for path in self._chunk_files():
-            with np.load(path, allow_pickle=False) as data:
-                yield {name: data[name] for name in data.files}
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    chunk = {name: data[name] for name in data.files}
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+                raise CacheError(
+                    f"staged batch {path} is unreadable ({type(err).__name__}: {err}); "
+                    f"delete {self.folder} and run the same command again"
+                ) from err
+            yield chunk
 
     def failures(self) -> dict[int, str]:
         return {
@@ -191,8 +201,9 @@ def commit_cache(path: Path, classes: tuple[str, ...], data_root: str, splits: l
     A split whose fingerprint is unchanged keeps the backbones already cached for it (other than the
     ones restaged now); a changed split holds only what was staged for it.
     """
-    old = h5py.File(path, "r") if path.exists() else None
+    old = _open_previous(path)
     try:
+        _check_room(path, sum(_bytes_needed(content, old) for content in splits))
         with atomic_output(path) as tmp, h5py.File(tmp, "w") as out:
             out.attrs.update(format=FORMAT, format_version=FORMAT_VERSION,
                              classes=json.dumps(list(classes)), data_root=data_root)
@@ -204,6 +215,39 @@ def commit_cache(path: Path, classes: tuple[str, ...], data_root: str, splits: l
             old.close()
 
 
+def _bytes_needed(content: SplitContent, old: h5py.File | None) -> int:
+    """About what a split takes in the new file: its staged features, kept datasets, paths."""
+    rows = len(content.paths)
+    staged = sum(rows * 4 * int(np.prod(shape)) for _, _, shape in content.staged.values())
+    previous = old.get(content.name) if old is not None else None
+    kept = sum(item.id.get_storage_size() for name, item in previous.items()
+               if isinstance(item, h5py.Dataset) and name not in content.staged) if previous is not None else 0
+    return staged + kept + rows * (len(content.paths[0]) + 24 if rows else 0)
+
+
+def _check_room(path: Path, needed: int) -> None:
+    """Refuse before writing: HDF5 does not fail cleanly when the disk fills in the middle of a file."""
+    room = shutil.disk_usage(path.parent).free
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)  # a per-process file size limit counts as a full disk
+    if limit != resource.RLIM_INFINITY:
+        room = min(room, limit)
+    needed = int(needed * 1.05) + (1 << 20)  # chunk index, checksums, attributes
+    if needed > room:
+        raise OSError(errno.ENOSPC, f"the new feature cache needs about {needed / 2**20:.1f} MiB and only {room / 2**20:.1f} MiB "
+                                    f"can be written there", str(path.with_name(path.name + ".tmp")))
+
+
+def _open_previous(path: Path) -> h5py.File | None:
+    """The cache being replaced, whose up-to-date datasets are kept; a damaged one keeps nothing."""
+    if not path.exists():
+        return None
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        log.warning("%s is unreadable (%s); building a new one", path, err)
+        return None
+
+
 def _write_split(out: h5py.File, old: h5py.File | None, content: SplitContent) -> None:
     previous = old.get(content.name) if old is not None else None
     if previous is not None and previous.attrs.get("fingerprint") != content.fingerprint:
@@ -213,7 +257,7 @@ def _write_split(out: h5py.File, old: h5py.File | None, content: SplitContent) -
     group = out.create_group(content.name)
     group.attrs.update(fingerprint=content.fingerprint, labeled=bool(len(content.labels) and content.labels[0] >= 0))
     group.create_dataset("paths", data=np.array(content.paths, dtype=object)[keep], dtype=_STR)
-    group.create_dataset("labels", data=content.labels[keep])
+    group.create_dataset("labels", data=content.labels[keep], **_checksummed(int(keep.sum()), 8))
     group.create_dataset("skipped", data=[content.paths[r] for r in sorted(failures)], dtype=_STR)
     group.create_dataset("skipped_reasons", data=[failures[r] for r in sorted(failures)], dtype=_STR)
     if previous is not None:
@@ -222,11 +266,20 @@ def _write_split(out: h5py.File, old: h5py.File | None, content: SplitContent) -
                 out.copy(item, group, name=name)
     new_row = np.cumsum(keep) - 1  # scanned row -> row in the cache
     for name, (staging, settings, shape) in content.staged.items():
-        dataset = group.create_dataset(name, shape=(int(keep.sum()), *shape), dtype=np.float32)
+        rows = int(keep.sum())
+        dataset = group.create_dataset(name, shape=(rows, *shape), dtype=np.float32,
+                                       **_checksummed(rows, 4 * int(np.prod(shape)), shape))
         dataset.attrs.update(settings)
         for chunk in staging.chunks():
             if len(chunk["rows"]):
                 dataset[new_row[chunk["rows"]]] = chunk["features"]
+
+
+def _checksummed(rows: int, row_bytes: int, shape: tuple[int, ...] = ()) -> dict:
+    """Fletcher-32 checksums per chunk of about 1 MiB: a damaged file fails to read instead of giving wrong numbers."""
+    if rows == 0:
+        return {}
+    return {"chunks": (max(1, min(rows, (1 << 20) // row_bytes)), *shape), "fletcher32": True}
 
 
 def _agreed_failures(content: SplitContent, previous: h5py.Group | None) -> dict[int, str]:
@@ -324,15 +377,25 @@ class FeatureCache:
             )
         return group[backbone]
 
+    def _read(self, dataset: h5py.Dataset, rows: slice = slice(None)) -> np.ndarray:
+        """Read, turning HDF5's checksum and I/O errors into what to do about them."""
+        try:
+            return dataset[rows]
+        except (OSError, KeyError) as err:
+            raise CacheError(
+                f"{self.path} is damaged: cannot read {dataset.name} ({err}); rebuild it with "
+                f"`cnnfeat extract --force --data {self.data_root} --workdir {self.path.parent}`"
+            ) from err
+
     def paths(self, split: str) -> list[str]:
-        return _as_str(self._group(split)["paths"][()])
+        return _as_str(self._read(self._group(split)["paths"]))
 
     def labels(self, split: str) -> np.ndarray:
-        return self._group(split)["labels"][()]
+        return self._read(self._group(split)["labels"])
 
     def skipped(self, split: str) -> list[tuple[str, str]]:
         group = self._group(split)
-        return list(zip(_as_str(group["skipped"][()]), _as_str(group["skipped_reasons"][()])))
+        return list(zip(_as_str(self._read(group["skipped"])), _as_str(self._read(group["skipped_reasons"]))))
 
     def settings(self, split: str, backbone: str) -> dict:
         return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self._dataset(split, backbone).attrs.items()}
@@ -349,13 +412,7 @@ class FeatureCache:
 
     def features(self, split: str, backbone: str, rows: slice = slice(None)) -> np.ndarray:
         """The rows asked for (all by default) in memory, in the order of paths(split)."""
-        return self._dataset(split, backbone)[rows]
-
-    def iter_features(self, split: str, backbone: str, rows_per_chunk: int = 1024) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, block) pairs, for caches larger than memory (pool 'none')."""
-        dataset = self._dataset(split, backbone)
-        for start in range(0, dataset.shape[0], rows_per_chunk):
-            yield start, dataset[start : start + rows_per_chunk]
+        return self._read(self._dataset(split, backbone), rows)
 
 
 def is_up_to_date(cache: FeatureCache | None, split: str, fingerprint: str, backbone: str, settings: dict) -> bool:

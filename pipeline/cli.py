@@ -54,6 +54,11 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except USER_ERRORS as err:
             click.secho(f"error: {err}", fg="red", err=True)
             sys.exit(2 if isinstance(err, WorkdirBusyError) else 1)
+        except OSError as err:  # a full disk, a read-only folder: nothing half-written was kept
+            click.secho(f"error: {err}", fg="red", err=True)
+            click.secho("nothing incomplete was kept and finished batches are; free space or fix the folder's "
+                        "permissions, then run the same command again", fg="red", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.secho(
                 "\ninterrupted: finished batches are kept; run the same command again to resume.",

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from features import BACKBONES, checkpoint_path
+import numpy as np
+
+from features import BACKBONES, ExtractConfig, FeatureCache, checkpoint_path, extract
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("make_digits", ROOT / "data" / "make_digits.py")
@@ -67,11 +69,30 @@ def digits_copy(digits_folder: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(digits_folder, tmp_path / "data"))
 
 
+def extract_config(data: Path, workdir: Path, **overrides) -> ExtractConfig:
+    """Small and quick: random weights, 80 px, batches of 4, no worker processes."""
+    settings = dict(data=data, workdir=workdir, backbones=("all",), weights="random", image_size=IMAGE_SIZE,
+                    batch_size=4, workers=0)
+    return ExtractConfig(**{**settings, **overrides})
+
+
+def snapshot(workdir: Path) -> dict[tuple[str, str], np.ndarray]:
+    """Every (split, backbone) feature array of a workdir's cache."""
+    with FeatureCache(workdir / "features.h5") as cache:
+        return {(s, b): cache.features(s, b) for s in cache.splits for b in cache.backbones(s)}
+
+
+@pytest.fixture(scope="session")
+def reference(digits_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted run of every backbone on digits_folder, for the others to compare with."""
+    workdir = tmp_path_factory.mktemp("reference")
+    extract(extract_config(digits_folder, workdir))
+    return workdir
+
+
 @pytest.fixture(scope="session")
 def digits10_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workdir whose features.h5 holds all backbones for ten digit classes (400 train, 200 valid, 20 test)."""
-    from features import ExtractConfig, extract
-
     root = tmp_path_factory.mktemp("digits10")
     data = make_digits.write_digits(root / "data", list(range(10)), 40, 20, 20, size=IMAGE_SIZE)
     extract(ExtractConfig(data=data, workdir=root / "work", weights="random", image_size=IMAGE_SIZE, batch_size=32))

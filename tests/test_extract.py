@@ -28,30 +28,11 @@ from features.extract import StagingWriter
 from features.images import DecodedBatch, load_rgb
 from features.store import Staging, workdir_lock
 
-from .conftest import IMAGE_SIZE
+from .conftest import IMAGE_SIZE, extract_config, snapshot
 
 extract_module = importlib.import_module("features.extract")  # the package re-exports extract(), the function
 
 NAMES = list(BACKBONES)
-
-
-def _config(data: Path, workdir: Path, **overrides) -> ExtractConfig:
-    settings = dict(data=data, workdir=workdir, backbones=("all",), weights="random", image_size=IMAGE_SIZE,
-                    batch_size=4, workers=0)
-    return ExtractConfig(**{**settings, **overrides})
-
-
-def _snapshot(workdir: Path) -> dict[tuple[str, str], np.ndarray]:
-    with FeatureCache(workdir / "features.h5") as cache:
-        return {(s, b): cache.features(s, b) for s in cache.splits for b in cache.backbones(s)}
-
-
-@pytest.fixture(scope="session")
-def reference(digits_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One uninterrupted run of every backbone, for the others to compare with."""
-    workdir = tmp_path_factory.mktemp("reference")
-    extract(_config(digits_folder, workdir))
-    return workdir
 
 
 def test_rows_are_the_features_of_their_own_image(reference, digits_folder):
@@ -83,7 +64,7 @@ def test_rows_are_the_features_of_their_own_image(reference, digits_folder):
 
 
 def test_second_run_does_nothing_and_a_changed_file_redoes_its_split(digits_copy, tmp_path):
-    cfg = _config(digits_copy, tmp_path / "work")
+    cfg = extract_config(digits_copy, tmp_path / "work")
     first = extract(cfg)
     assert sorted(first.computed) == sorted((s, b) for s in ("test", "train", "valid") for b in NAMES)
     again = extract(cfg)
@@ -98,10 +79,10 @@ def test_second_run_does_nothing_and_a_changed_file_redoes_its_split(digits_copy
 
 def test_new_setting_or_backbone_recomputes_only_that(digits_folder, tmp_path):
     workdir = tmp_path / "work"
-    extract(_config(digits_folder, workdir, backbones=("resnet34",)))
-    added = extract(_config(digits_folder, workdir, backbones=("resnet34", "densenet")))
+    extract(extract_config(digits_folder, workdir, backbones=("resnet34",)))
+    added = extract(extract_config(digits_folder, workdir, backbones=("resnet34", "densenet")))
     assert {b for _, b in added.computed} == {"densenet121"} and {b for _, b in added.up_to_date} == {"resnet34"}
-    pooled = extract(_config(digits_folder, workdir, backbones=("resnet34",), pool="max"))
+    pooled = extract(extract_config(digits_folder, workdir, backbones=("resnet34",), pool="max"))
     assert {b for _, b in pooled.computed} == {"resnet34"}
     with FeatureCache(workdir / "features.h5") as cache:
         assert cache.backbones("train") == ["densenet121", "resnet34"]
@@ -113,7 +94,7 @@ def test_broken_images_are_skipped_named_and_never_shift_labels(digits_copy, tmp
     (digits_copy / "train" / "1" / "0_broken.jpg").write_bytes(b"")
     (digits_copy / "train" / "2" / "2_garbage.png").write_bytes(os.urandom(500))
     caplog.set_level(logging.WARNING)
-    report = extract(_config(digits_copy, tmp_path / "work", backbones=("resnet34", "inception")))
+    report = extract(extract_config(digits_copy, tmp_path / "work", backbones=("resnet34", "inception")))
     broken = ["train/1/0_broken.jpg", "train/2/2_garbage.png"]
     assert [path for path, _ in report.skipped_files["train"]] == broken
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -136,11 +117,11 @@ def test_interrupted_run_resumes_to_the_same_features(reference, digits_folder, 
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        extract(_config(digits_folder, workdir), progress=interrupt_after_three_batches)
+        extract(extract_config(digits_folder, workdir), progress=interrupt_after_three_batches)
     assert not (workdir / "features.h5").exists()
-    resumed = extract(_config(digits_folder, workdir))
+    resumed = extract(extract_config(digits_folder, workdir))
     assert resumed.images_decoded == 42 - (4 + 2 + 4)  # test: 4 + 2, train: 4 staged
-    expected, got = _snapshot(reference), _snapshot(workdir)
+    expected, got = snapshot(reference), snapshot(workdir)
     assert expected.keys() == got.keys()
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key], err_msg=str(key))
@@ -163,29 +144,29 @@ def test_kill_9_mid_run_leaves_a_resumable_workdir(reference, digits_folder, tmp
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (workdir / "features.h5").exists()
-    resumed = extract(_config(digits_folder, workdir))
+    resumed = extract(extract_config(digits_folder, workdir))
     assert resumed.images_decoded < 42
-    for key, values in _snapshot(reference).items():
-        np.testing.assert_array_equal(_snapshot(workdir)[key], values, err_msg=str(key))
+    for key, values in snapshot(reference).items():
+        np.testing.assert_array_equal(snapshot(workdir)[key], values, err_msg=str(key))
 
 
 def test_decoding_workers_give_the_same_rows(reference, digits_folder, tmp_path):
-    extract(_config(digits_folder, tmp_path / "work", workers=2, backbones=("resnet34",)))
-    got = _snapshot(tmp_path / "work")
+    extract(extract_config(digits_folder, tmp_path / "work", workers=2, backbones=("resnet34",)))
+    got = snapshot(tmp_path / "work")
     for key, values in got.items():
-        np.testing.assert_allclose(values, _snapshot(reference)[key], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(values, snapshot(reference)[key], rtol=1e-4, atol=1e-5)
 
 
 def test_pool_none_stores_whole_maps(digits_folder, tmp_path):
-    extract(_config(digits_folder, tmp_path / "work", pool="none", backbones=("densenet121",)))
+    extract(extract_config(digits_folder, tmp_path / "work", pool="none", backbones=("densenet121",)))
     with FeatureCache(tmp_path / "work" / "features.h5") as cache:
         maps = cache.features("valid", "densenet121")
         assert maps.shape == (12, 1024, 2, 2) and cache.settings("valid", "densenet121")["pool"] == "none"
 
 
 def test_bf16_features_stay_close_to_fp32(reference, digits_folder, tmp_path):
-    extract(_config(digits_folder, tmp_path / "work", precision="bf16"))
-    fp32, bf16 = _snapshot(reference), _snapshot(tmp_path / "work")
+    extract(extract_config(digits_folder, tmp_path / "work", precision="bf16"))
+    fp32, bf16 = snapshot(reference), snapshot(tmp_path / "work")
     for key in fp32:
         a, b = fp32[key], bf16[key]
         cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -193,7 +174,7 @@ def test_bf16_features_stay_close_to_fp32(reference, digits_folder, tmp_path):
 
 
 def test_imagenet_weights_are_recorded(torch_home, digits_folder, tmp_path):
-    extract(_config(digits_folder, tmp_path / "work", weights="imagenet", backbones=("inception",)))
+    extract(extract_config(digits_folder, tmp_path / "work", weights="imagenet", backbones=("inception",)))
     with FeatureCache(tmp_path / "work" / "features.h5") as cache:
         settings = cache.settings("train", "inception")
     assert settings["weights"] == "imagenet:Inception_V3_Weights.IMAGENET1K_V1"
@@ -202,7 +183,7 @@ def test_imagenet_weights_are_recorded(torch_home, digits_folder, tmp_path):
 
 def test_offline_without_weights_writes_nothing(empty_torch_home, digits_folder, tmp_path):
     with pytest.raises(WeightsUnavailableError, match="inception_v3_google-0cc3c7bd.pth"):
-        extract(_config(digits_folder, tmp_path / "work", weights="imagenet", backbones=("inception",)))
+        extract(extract_config(digits_folder, tmp_path / "work", weights="imagenet", backbones=("inception",)))
     assert not (tmp_path / "work" / "features.h5").exists()
     assert not list((tmp_path / "work").glob(".staging/**/*.npz"))
 
@@ -210,7 +191,7 @@ def test_offline_without_weights_writes_nothing(empty_torch_home, digits_folder,
 def test_a_busy_workdir_is_refused(digits_folder, tmp_path):
     with workdir_lock(tmp_path / "work"):
         with pytest.raises(WorkdirBusyError):
-            extract(_config(digits_folder, tmp_path / "work"))
+            extract(extract_config(digits_folder, tmp_path / "work"))
 
 
 @pytest.mark.parametrize(
@@ -225,7 +206,7 @@ def test_a_busy_workdir_is_refused(digits_folder, tmp_path):
 )
 def test_bad_settings_are_refused_before_any_work(overrides, message, digits_folder, tmp_path):
     with pytest.raises(ValueError, match=message):
-        _config(digits_folder, tmp_path, **overrides)
+        extract_config(digits_folder, tmp_path, **overrides)
 
 
 def test_a_resume_fills_every_gap_to_the_same_features(reference, digits_folder, tmp_path, monkeypatch):
@@ -237,15 +218,15 @@ def test_a_resume_fills_every_gap_to_the_same_features(reference, digits_folder,
 
     monkeypatch.setattr(extract_module, "commit_cache", crash_before_merging)
     with pytest.raises(RuntimeError, match="before merging"):
-        extract(_config(digits_folder, workdir))
+        extract(extract_config(digits_folder, workdir))
     monkeypatch.undo()
     staged = sorted(workdir.glob(".staging/*/*/*.npz"))
     for lost in staged[1::2]:  # every other batch of every backbone
         lost.unlink()
-    resumed = extract(_config(digits_folder, workdir))
+    resumed = extract(extract_config(digits_folder, workdir))
     assert 0 < resumed.images_decoded < 42
-    for key, values in _snapshot(reference).items():
-        np.testing.assert_array_equal(_snapshot(workdir)[key], values, err_msg=str(key))
+    for key, values in snapshot(reference).items():
+        np.testing.assert_array_equal(snapshot(workdir)[key], values, err_msg=str(key))
 
 
 def test_missing_batches_are_cut_from_each_gap_on_the_batch_grid(tmp_path):
@@ -277,11 +258,11 @@ def test_decoding_on_the_device_matches_pil(reference, digits_copy, tmp_path):
     (digits_copy / "train" / "0" / "zz-broken.jpg").write_bytes(b"\xff\xd8\xff" + b"garbage" * 10)
     (digits_copy / "train" / "1" / "zz-empty.jpg").write_bytes(b"")
     workdir = tmp_path / "work"
-    report = extract(_config(digits_copy, workdir, decode="device"))
+    report = extract(extract_config(digits_copy, workdir, decode="device"))
     assert [p for p, _ in report.skipped_files["train"]] == ["train/0/zz-broken.jpg", "train/1/zz-empty.jpg"]
     with FeatureCache(workdir / "features.h5") as cache:
         assert cache.settings("train", "resnet34")["decode"] == "torchvision.io.decode_jpeg"
-    pil, device = _snapshot(reference), _snapshot(workdir)
+    pil, device = snapshot(reference), snapshot(workdir)
     for key in pil:
         a, b = pil[key], device[key]
         cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -299,7 +280,7 @@ def test_torchrun_with_two_ranks_writes_the_single_process_cache(reference, digi
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("Extracted") == 1 and "42 images by 2 ranks" in done.stdout  # rank 0 reports for both
-    expected, got = _snapshot(reference), _snapshot(workdir)
+    expected, got = snapshot(reference), snapshot(workdir)
     assert expected.keys() == got.keys()
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key], err_msg=str(key))

@@ -1,0 +1,217 @@
+"""The fault suite: what cnnfeat promises when a run goes wrong (see README, "What cnnfeat promises").
+
+Kills at random moments, damaged caches, a full disk, hundreds of mutated images, two runs on one
+workdir, and files that try to run code when loaded.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from features import CacheError, FeatureCache, WeightsUnavailableError, checkpoint_path, extract, get_backbone
+from features.images import ImageFiles, collate_decoded, decode_on_device
+from features.store import Staging
+from pipeline.heads import load_head
+
+from .conftest import IMAGE_SIZE, extract_config, snapshot
+
+IMAGES = 42  # in digits_folder
+
+
+def _extract_command(data: Path, workdir: Path) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "extract", "--data", str(data), "--workdir", str(workdir),
+            "--weights", "random", "--image-size", str(IMAGE_SIZE), "--batch-size", "4", "--workers", "0"]
+
+
+def _assert_same_features(workdir: Path, reference: Path) -> None:
+    expected, got = snapshot(reference), snapshot(workdir)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=str(key))
+
+
+def test_sigkill_at_random_moments_then_resume_gives_identical_features(reference, digits_folder, tmp_path):
+    workdir = tmp_path / "work"
+    rng = random.Random(0)
+    staged = lambda: len(list(workdir.glob(".staging/*/*/*.npz")))  # noqa: E731
+    for _ in range(3):
+        process = subprocess.Popen(_extract_command(digits_folder, workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        target = staged() + rng.randint(1, 6)  # a few more batches, then a random extra moment
+        deadline = time.monotonic() + 120
+        while staged() < target and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.2))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert not (workdir / "features.h5").exists() or process.returncode == 0
+    report = extract(extract_config(digits_folder, workdir))
+    assert report.images_decoded < IMAGES  # the killed runs' batches were kept
+    _assert_same_features(workdir, reference)
+    assert not list(workdir.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "flip-data"])
+def test_a_damaged_cache_is_detected_with_a_way_to_rebuild_it(damage, reference, digits_folder, tmp_path):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    original = (reference / "features.h5").read_bytes()
+    cache = workdir / "features.h5"
+    if damage == "truncate":
+        cache.write_bytes(original[: len(original) // 2])
+    elif damage == "garbage":
+        cache.write_bytes(os.urandom(len(original)))
+    else:  # the header is intact, a run of feature bytes is not: only checksums can tell
+        with FeatureCache(reference / "features.h5") as good:
+            offset = good._file["train/inception"].id.get_chunk_info(0).byte_offset
+        damaged = bytearray(original)
+        damaged[offset + 64 : offset + 128] = os.urandom(64)
+        cache.write_bytes(bytes(damaged))
+    with pytest.raises(CacheError, match="cnnfeat extract"):
+        with FeatureCache(cache) as opened:
+            opened.features("train", "inception")
+    done = subprocess.run([sys.executable, "-m", "pipeline", "train-head", "--workdir", str(workdir)],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "cnnfeat extract" in done.stderr and "Traceback" not in done.stderr
+    extract(extract_config(digits_folder, workdir, force=damage == "flip-data"))
+    _assert_same_features(workdir, reference)
+
+
+def _limit_file_size(limit: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.parametrize("limit", [20_000, 300_000], ids=["full-while-staging", "full-while-merging"])
+def test_a_full_disk_fails_cleanly_and_the_next_run_completes(limit, reference, digits_folder, tmp_path):
+    """The disk 'fills up' (a file size limit) while batches are staged, or while the cache is merged."""
+    workdir = tmp_path / "work"
+    done = subprocess.run(_extract_command(digits_folder, workdir), capture_output=True, text=True,
+                          preexec_fn=_limit_file_size(limit))
+    assert done.returncode == 1, done.stderr
+    assert "[Errno" in done.stderr and "run the same command again" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (workdir / "features.h5").exists() and not list(workdir.rglob("*.tmp"))
+    for name in ("resnet34", "inception", "densenet121"):  # whatever was staged is whole
+        for folder in workdir.glob(f".staging/*/{name}-*"):
+            staging = Staging(workdir, folder.parent.name, name, folder.name.split("-", 1)[1])
+            assert all(len(chunk["rows"]) + len(chunk["failed_rows"]) for chunk in staging.chunks())
+    extract(extract_config(digits_folder, workdir))
+    _assert_same_features(workdir, reference)
+
+
+def _mutants(count: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """Valid JPEGs and PNGs with random byte flips or truncations."""
+    rng = np.random.default_rng(seed)
+    picture = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((64, 48), Image.BICUBIC)
+    originals = {}
+    for fmt, suffix in (("JPEG", "jpg"), ("PNG", "png")):
+        buffer = io.BytesIO()
+        picture.save(buffer, format=fmt)
+        originals[suffix] = buffer.getvalue()
+    mutants = []
+    for i in range(count):
+        suffix = "jpg" if i % 2 else "png"
+        data = bytearray(originals[suffix])
+        if i % 3 == 0:
+            data = data[: rng.integers(0, len(data))]
+        else:
+            for position in rng.integers(0, len(data), size=rng.integers(1, 20)):
+                data[position] = rng.integers(0, 256)
+        mutants.append((f"{i:04d}.{suffix}", bytes(data)))
+    return mutants
+
+
+@pytest.mark.parametrize("on_device", [False, True], ids=["pil", "decode_jpeg"])
+def test_hundreds_of_mutated_images_are_each_decoded_or_named(on_device, tmp_path):
+    mutants = _mutants(300)
+    for name, data in mutants:
+        (tmp_path / name).write_bytes(data)
+    paths = tuple(name for name, _ in mutants)
+    files = ImageFiles(tmp_path, paths, 32, jpeg_bytes=on_device)
+    decoded, failed = [], []
+    for start in range(0, len(paths), 50):
+        batch = collate_decoded([files[row] for row in range(start, min(start + 50, len(paths)))])
+        if on_device:
+            batch = decode_on_device(batch, tmp_path, paths, 32, torch.device("cpu"))
+        assert batch.images.shape[1:] == (3, 32, 32) or len(batch.rows) == 0
+        assert all(reason for reason in batch.failed_reasons)
+        decoded += batch.rows.tolist()
+        failed += batch.failed_rows
+    assert sorted(decoded + failed) == list(range(len(paths)))  # every file either way, none twice
+    assert decoded and failed
+
+
+def test_an_extraction_over_mutated_images_skips_and_names_the_broken_ones(tmp_path):
+    data = tmp_path / "data"
+    for i, (name, content) in enumerate(_mutants(60, seed=1)):
+        folder = data / "train" / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(content)
+    report = extract(extract_config(data, tmp_path / "work", backbones=("resnet34",), batch_size=16))
+    with FeatureCache(tmp_path / "work" / "features.h5") as cache:
+        kept, skipped = cache.paths("train"), [path for path, _ in cache.skipped("train")]
+        assert sorted(kept + skipped) == sorted(str(p.relative_to(data)) for p in data.rglob("*.*"))
+        assert len(cache.labels("train")) == len(kept) == len(cache.features("train", "resnet34"))
+        assert [cache.classes[label] for label in cache.labels("train")] == [p.split("/")[1] for p in kept]
+    assert [path for path, _ in report.skipped_files["train"]] == skipped
+
+
+def test_two_extractions_at_once_one_writes_the_other_is_refused(reference, digits_folder, tmp_path):
+    workdir = tmp_path / "work"
+    runs = [subprocess.Popen(_extract_command(digits_folder, workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    outcomes = sorted((run.wait(timeout=300), run.stderr.read()) for run in runs)
+    assert [code for code, _ in outcomes] == [0, 2], outcomes
+    assert "another cnnfeat process" in outcomes[1][1]
+    _assert_same_features(workdir, reference)
+
+
+class _RunsCode:
+    """Unpickling this creates a file: the proof that loading executed code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_heads_weights_and_staged_batches_never_run_pickled_code(tmp_path, empty_torch_home, digits_folder):
+    marker = tmp_path / "code-ran"
+    head = tmp_path / "heads" / "resnet34.pt"
+    head.parent.mkdir()
+    torch.save({"kind": "linear", "state_dict": _RunsCode(marker)}, head)
+    with pytest.raises(ValueError, match="not a loadable cnnfeat head"):
+        load_head(head)
+
+    weights = checkpoint_path(get_backbone("resnet34"))
+    weights.parent.mkdir(parents=True)
+    torch.save({"conv1.weight": _RunsCode(marker)}, weights)
+    with pytest.raises(WeightsUnavailableError, match="Delete it"):
+        extract(extract_config(digits_folder, tmp_path / "work", weights="imagenet", backbones=("resnet34",)))
+
+    staging = Staging(tmp_path / "work2", "train", "resnet34", "k")
+    staging.folder.mkdir(parents=True)
+    np.save(staging.folder / "0000000000-0000000004.npz", np.array([_RunsCode(marker)], dtype=object), allow_pickle=True)
+    (staging.folder / "0000000000-0000000004.npz.npy").rename(staging.folder / "0000000000-0000000004.npz")
+    with pytest.raises(CacheError, match="unreadable"):
+        list(staging.chunks())
+    assert not marker.exists()
+    assert pickle.loads(pickle.dumps(_RunsCode(marker))) == 0 and marker.exists()  # the payload does work
