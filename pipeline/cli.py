@@ -36,6 +36,7 @@ from features.backbones import POOLS, WEIGHTS
 from features.extract import DECODERS, DEVICES, PRECISIONS, ProgressFn
 
 from .predict import PredictConfig, PredictResult, predict
+from .report import ModelReport, build_reports, reports_dir
 from .run import run_pipeline
 from .train import ENSEMBLE, HeadConfig, TrainResult, load_metrics, train_ensemble, train_linear_heads
 
@@ -214,6 +215,7 @@ def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 2: a linear head per backbone on the cached features."""
     results = train_linear_heads(_head_config(o), backbones)
     _print_summary(o["workdir"], [r.name for r in results], results)
+    _write_reports(o["workdir"], o["device"])
 
 
 @main.command("ensemble")
@@ -231,6 +233,7 @@ def ensemble_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 3: the three-branch ensemble head on the cached features."""
     result = train_ensemble(_head_config(o), backbones)
     _print_summary(o["workdir"], [*result.metrics.get("single_heads", {}), ENSEMBLE], [result])
+    _write_reports(o["workdir"], o["device"])
 
 
 @main.command("predict")
@@ -281,6 +284,7 @@ def run_command(**o: Any) -> None:
         return
     _print_extract(report.extract)
     _print_summary(o["workdir"], [r.name for r in report.heads], report.heads)
+    _write_reports(o["workdir"], o["device"])
     if report.prediction is not None:
         _print_prediction(report.predicted_with, predict_cfg.split, report.prediction)
 
@@ -315,6 +319,27 @@ def _print_summary(workdir: Path, names: list[str], results: list[TrainResult]) 
             note = "" if fresh.get(name, True) else "(up to date)"
             click.echo(f"{name:<14} {m['val_accuracy']:8.4f} {m['val_log_loss']:13.4f} "
                        f"{m['best_epoch']:>5}/{m['epochs']:<5}  {note}")
+
+
+def _write_reports(workdir: Path, device: str) -> list[ModelReport]:
+    rows = build_reports(workdir, device)
+    click.echo(f"reports: {reports_dir(workdir)} (training curves, a confusion matrix per model; `cnnfeat report` compares them)")
+    return rows
+
+
+@main.command("report")
+@workdir_option
+@click.option("--device", type=click.Choice(DEVICES), default="auto")
+@user_errors
+def report_command(workdir: Path, device: str) -> None:
+    """Rebuild reports/ (training curves, confusion matrices) and compare every trained model."""
+    rows = _write_reports(workdir, device)
+    click.echo(f"\n{'model':<14} {'split':<8} {'accuracy':>9} {'log loss':>9} {'best epoch':>11}")
+    for r in rows:
+        click.echo(f"{r.model:<14} {r.split:<8} {r.accuracy:9.4f} {r.log_loss:9.4f} {r.best_epoch:>5}/{r.epochs:<5}")
+    click.echo(f"\nrecall per class {'':<4}" + "".join(f"{r.model:>14}" for r in rows))
+    for name in rows[0].recall:
+        click.echo(f"{name:<21}" + "".join(f"{r.recall[name]:14.3f}" for r in rows))
 
 
 def _pairs(pairs: list[tuple[str, str]]) -> str:
