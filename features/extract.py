@@ -25,9 +25,9 @@ import torchvision
 from torch.utils.data import DataLoader
 
 from . import __version__
-from .backbones import POOLS, WEIGHTS, BackboneSpec, FrozenBackbone, load_backbone, resolve_backbones, weights_label
+from .backbones import BACKBONES, POOLS, WEIGHTS, BackboneSpec, FrozenBackbone, load_backbone, resolve_backbones, weights_label
 from .distributed import torchrun_ranks
-from .images import DataFolder, DecodedBatch, ImageFiles, Split, collate_decoded, decode_on_device, scan_data_folder
+from .images import DataFolder, DataLayoutError, DecodedBatch, ImageFiles, Split, collate_decoded, decode_on_device, scan_data_folder
 from .store import (
     CacheError,
     FeatureCache,
@@ -251,6 +251,25 @@ def _commit(plan: _Plan, path: Path) -> dict[str, list[tuple[str, str]]]:
                 job.staging.remove_all_versions()
     with FeatureCache(path) as cache:
         return {split: cache.skipped(split) for split in cache.splits if cache.skipped(split)}
+
+
+def pending_extraction(cache: FeatureCache) -> list[tuple[str, str, str]]:
+    """(split, backbone, why) that `cnnfeat run` with the cache's own settings would compute again."""
+    try:
+        folder = scan_data_folder(Path(cache.data_root))
+    except (DataLayoutError, OSError) as err:
+        return [("*", "*", f"the data folder cannot be read ({err}); the next run needs --data")]
+    pending = [(split, "*", "split gone from the data folder: dropped") for split in cache.splits if split not in folder.splits]
+    for split in folder.splits:
+        if split not in cache.splits:
+            why = "new split"
+        elif cache.fingerprint(split) != folder.fingerprint(split):
+            why = "files added, removed or changed"
+        else:
+            why = ""
+        cached = cache.backbones(split) if split in cache.splits else []
+        pending += [(split, name, why or "not extracted yet") for name in BACKBONES if why or name not in cached]
+    return pending
 
 
 def _cache_matches_folder(path: Path, folder: DataFolder) -> bool:

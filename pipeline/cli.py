@@ -33,15 +33,17 @@ from features import (
 )
 from features import ExtractReport, get_backbone
 from features.backbones import POOLS, WEIGHTS
-from features.extract import DECODERS, DEVICES, PRECISIONS, ProgressFn
+from features.extract import DECODERS, DEVICES, PRECISIONS, ProgressFn, pending_extraction
+from features.prepare import DEFAULT_LABEL_PATTERN, PROBLEMS_FILE, PrepareConfig, prepare
 
 from .predict import PredictConfig, PredictResult, predict
 from .report import ModelReport, build_reports, reports_dir
 from .run import run_pipeline
-from .train import ENSEMBLE, HeadConfig, TrainResult, load_metrics, train_ensemble, train_linear_heads
+from .train import ENSEMBLE, HeadConfig, TrainResult, load_metrics, stale_heads, train_ensemble, train_linear_heads
 
 # Errors that mean the user has something to fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, DataLayoutError, WeightsUnavailableError, CacheError, WorkdirBusyError, FileNotFoundError)
+USER_ERRORS = (ValueError, DataLayoutError, WeightsUnavailableError, CacheError, WorkdirBusyError, FileNotFoundError,
+               FileExistsError)
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -349,11 +351,40 @@ def _pairs(pairs: list[tuple[str, str]]) -> str:
     return "; ".join(f"{split}: {', '.join(names)}" for split, names in by_split.items())
 
 
+@main.command("prepare")
+@click.option("--train", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Flat folder of labeled images, as Kaggle ships train/.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The split layout to create (symlinks).")
+@click.option("--label-from-name", "label_pattern", is_flag=False, flag_value=DEFAULT_LABEL_PATTERN, default=None,
+              help=f"Label = first group of this regex on the file name [flag alone: {DEFAULT_LABEL_PATTERN}].")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="CSV with an id and a label column.")
+@click.option("--id-column", default="id", help="The CSV's column of ids (file names, with or without extension).")
+@click.option("--label-column", default="label", help="The CSV's column of labels.")
+@click.option("--test", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Flat folder of unlabeled images.")
+@click.option("--val-fraction", type=float, default=0.08, help="Stratified share of train that becomes valid/ (0: none).")
+@click.option("--seed", type=int, default=0)
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@user_errors
+def prepare_command(**o: Any) -> None:
+    """Turn a raw Kaggle download into train/<class>/, valid/<class>/ and test/, without copying images."""
+    report = prepare(PrepareConfig(**o))
+    counts = ", ".join(f"{split} {n}" for split, n in report.counts.items())
+    click.echo(f"{report.out}: {counts} images, {len(report.classes)} classes ({', '.join(report.classes[:10])}"
+               f"{', ...' if len(report.classes) > 10 else ''})")
+    if report.problems:
+        click.secho(f"{len(report.problems)} file(s) or row(s) left out, listed in {report.out / PROBLEMS_FILE}:", fg="yellow")
+        for kind, item, detail in report.problems[:5]:
+            click.secho(f"  {kind}: {item} ({detail})", fg="yellow")
+    click.echo(f"next: cnnfeat run --data {report.out}")
+
+
 @main.command("info")
 @workdir_option
 @user_errors
 def info_command(workdir: Path) -> None:
-    """Show what the feature cache holds."""
+    """Show what the feature cache holds, and what the next `cnnfeat run` would redo."""
     with FeatureCache(cache_path(workdir)) as cache:
         click.echo(f"cache:   {cache.path}")
         click.echo(f"data:    {cache.data_root}")
@@ -371,3 +402,12 @@ def info_command(workdir: Path) -> None:
                 )
             for path, reason in skipped:
                 click.echo(f"  skipped {path}: {reason}")
+        pending = pending_extraction(cache)
+        stale = stale_heads(cache, workdir, {(split, backbone) for split, backbone, _ in pending})
+    click.echo("\nthe next `cnnfeat run` with the same settings would:")
+    if not pending and not stale:
+        click.echo("  do nothing: everything is up to date")
+    for split, backbone, why in pending:
+        click.echo(f"  extract {split}/{backbone}: {why}")
+    for name, why in stale:
+        click.echo(f"  train {name}: {why}")

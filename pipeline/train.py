@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import log_loss
 
-from features import CacheError, FeatureCache, cache_path, resolve_backbones
+from features import BACKBONES, CacheError, FeatureCache, cache_path, resolve_backbones
 from features.backbones import split_names
 from features.extract import resolve_device
 from features.store import VALUE_SETTINGS, atomic_output
@@ -180,7 +180,7 @@ def train_one(cache: FeatureCache, cfg: HeadConfig, name: str, kind: str, backbo
         "classes": list(cache.classes), "backbones": backbones,
     }
     meta = {
-        "name": name, "backbones": backbones, "classes": list(cache.classes), "inputs_key": key,
+        "name": name, "kind": kind, "params": params, "backbones": backbones, "classes": list(cache.classes), "inputs_key": key,
         "feature_settings": {b: {k: cache.settings(cfg.train_split, b)[k] for k in VALUE_SETTINGS} for b in backbones},
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}, "metrics": metrics,
     }
@@ -252,6 +252,26 @@ def _chosen(cache: FeatureCache, cfg: HeadConfig, backbones: list[str] | tuple[s
         for split in (cfg.train_split, cfg.val_split):
             cache.check_features(split, name)
     return names
+
+
+def stale_heads(cache: FeatureCache, workdir: Path, changing: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(head, why) for the heads `cnnfeat run` would train again, `changing` being the (split, backbone)
+    features it will extract first."""
+    names = list(BACKBONES) + [ENSEMBLE]
+    stale = []
+    for name in names:
+        path = heads_dir(workdir) / f"{name}.pt"
+        if not path.exists():
+            stale.append((name, "not trained yet"))
+            continue
+        _, meta = load_head(path)
+        cfg = HeadConfig(**meta["config"])
+        splits = (cfg.train_split, cfg.val_split)
+        if any((split, b) in changing or (split, "*") in changing for split in splits for b in meta["backbones"]):
+            stale.append((name, "its features will be extracted again"))
+        elif _inputs_key(cache, cfg, meta["kind"], meta["backbones"], meta["params"]) != meta["inputs_key"]:
+            stale.append((name, "its features or the split files changed"))
+    return stale
 
 
 def load_metrics(workdir: Path) -> list[dict]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -28,6 +29,24 @@ def test_extract_then_info_then_nothing_to_do(digits_folder, tmp_path):
     assert "classes: 0, 1, 2" in info.output
     assert "train: 24 images, labeled, 0 skipped" in info.output and "test: 6 images, unlabeled" in info.output
     assert "inception" in info.output and "weights=random:seed=0" in info.output
+    assert "extract train/resnet34: not extracted yet" in info.output and "train ensemble: not trained yet" in info.output
+
+
+def test_info_tells_what_the_next_run_would_redo(digits_copy, tmp_path):
+    workdir = tmp_path / "work"
+    done = _run("run", "--data", str(digits_copy), "--workdir", str(workdir), "--weights", "random",
+                "--image-size", str(IMAGE_SIZE), "--workers", "0", "--epochs", "3")
+    assert done.exit_code == 0, done.output
+    assert "do nothing: everything is up to date" in _run("info", "--workdir", str(workdir)).output
+    shutil.copy(digits_copy / "train" / "0" / next((digits_copy / "train" / "0").iterdir()).name,
+                digits_copy / "train" / "0" / "new.jpg")
+    (workdir / "heads" / "inception.pt").unlink()
+    info = _run("info", "--workdir", str(workdir)).output
+    for name in ("resnet34", "inception", "densenet121"):
+        assert f"extract train/{name}: files added, removed or changed" in info
+        assert f"extract valid/{name}" not in info
+    assert "train inception: not trained yet" in info
+    assert "train resnet34: its features will be extracted again" in info and "train ensemble: its features" in info
 
 
 def test_offline_extract_exits_non_zero_with_the_file_to_fetch(empty_torch_home, digits_folder, tmp_path):
