@@ -231,7 +231,7 @@ def _missing_batches(rows: int, jobs: list[_Job], batch_size: int) -> list[tuple
         for start in range(gap_start, gap_stop, batch_size):
             stop = min(start + batch_size, gap_stop)
             batches.append((start, stop, tuple(name for name, rows in done.items() if not rows[start:stop].all())))
-    if batches and batches[0][0]:
+    if batches and not needed.all():
         log.info("resuming: %d of %d images are already staged", int((~needed).sum()), rows)
     return batches
 
@@ -314,6 +314,8 @@ def _run_split(root: Path, split: Split, jobs: list[_Job], batches: Sequence[tup
         else nullcontext()
     )
     total = sum(stop - start for start, stop, _ in batches)
+    if progress is not None:
+        progress(split.name, 0, total)  # the split starts now: its rate counts from here
     with torch.inference_mode(), autocast, StagingWriter() as writer:
         for (start, stop, needed), batch in zip(batches, loader):
             if on_device:

@@ -151,6 +151,16 @@ def head_batch_option(*names: str) -> Callable[..., Any]:
 
 force_option = click.option("--force", is_flag=True, help="Redo even what is up to date.")
 
+# train-head and ensemble: where no extraction option takes --batch-size
+head_training_options = options(
+    workdir_option,
+    training_options,
+    head_batch_option("--batch-size"),
+    click.option("--seed", type=int, default=0),
+    click.option("--device", type=click.Choice(DEVICES), default="auto"),
+    force_option,
+)
+
 
 def _extract_config(o: dict[str, Any], backbones: tuple[str, ...]) -> ExtractConfig:
     return ExtractConfig(data=o["data"], workdir=o["workdir"], backbones=backbones, weights=o["weights"],
@@ -206,12 +216,7 @@ def _print_extract(report: ExtractReport) -> None:
 @main.command("train-head")
 @click.option("--backbone", "backbones", multiple=True, default=("all",),
               help="Backbone(s) to fit a linear head on, or all that the cache has.")
-@workdir_option
-@training_options
-@head_batch_option("--batch-size")
-@click.option("--seed", type=int, default=0)
-@click.option("--device", type=click.Choice(DEVICES), default="auto")
-@force_option
+@head_training_options
 @user_errors
 def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 2: a linear head per backbone on the cached features."""
@@ -223,13 +228,8 @@ def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
 @main.command("ensemble")
 @click.option("--backbones", "backbones", multiple=True, default=("all",),
               help="Two or more backbones (comma list or repeated), or all that the cache has.")
-@workdir_option
-@training_options
-@head_batch_option("--batch-size")
+@head_training_options
 @hidden_option
-@click.option("--seed", type=int, default=0)
-@click.option("--device", type=click.Choice(DEVICES), default="auto")
-@force_option
 @user_errors
 def ensemble_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 3: the three-branch ensemble head on the cached features."""

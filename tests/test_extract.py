@@ -3,12 +3,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +10,6 @@ import torch
 
 from features import (
     BACKBONES,
-    ExtractConfig,
     FeatureCache,
     WeightsUnavailableError,
     WorkdirBusyError,
@@ -112,7 +105,7 @@ def test_interrupted_run_resumes_to_the_same_features(reference, digits_folder, 
     seen = []
 
     def interrupt_after_three_batches(split: str, advanced: int, total: int) -> None:
-        seen.append(split)
+        seen.extend([split] if advanced else [])
         if len(seen) == 3:
             raise KeyboardInterrupt
 
@@ -126,28 +119,6 @@ def test_interrupted_run_resumes_to_the_same_features(reference, digits_folder, 
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key], err_msg=str(key))
     assert not (workdir / ".staging").exists()
-
-
-def test_kill_9_mid_run_leaves_a_resumable_workdir(reference, digits_folder, tmp_path):
-    workdir = tmp_path / "work"
-    script = (
-        "import sys; from features import ExtractConfig, extract; "
-        f"extract(ExtractConfig(data={str(digits_folder)!r}, workdir={str(workdir)!r}, weights='random', "
-        f"image_size={IMAGE_SIZE}, batch_size=4, workers=0))"
-    )
-    process = subprocess.Popen([sys.executable, "-c", script])
-    deadline = time.monotonic() + 120
-    # wait until the first batch is staged for all three backbones, then kill without warning
-    while len(list(workdir.glob(".staging/*/*/*.npz"))) < 4 and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (workdir / "features.h5").exists()
-    resumed = extract(extract_config(digits_folder, workdir))
-    assert resumed.images_decoded < 42
-    for key, values in snapshot(reference).items():
-        np.testing.assert_array_equal(snapshot(workdir)[key], values, err_msg=str(key))
 
 
 def test_decoding_workers_give_the_same_rows(reference, digits_folder, tmp_path):
@@ -267,25 +238,3 @@ def test_decoding_on_the_device_matches_pil(reference, digits_copy, tmp_path):
         a, b = pil[key], device[key]
         cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
         assert cosine.min() > 0.999, key
-
-
-def test_torchrun_with_two_ranks_writes_the_single_process_cache(reference, digits_folder, tmp_path):
-    workdir = tmp_path / "work"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "pipeline", "extract", "--data", str(digits_folder), "--workdir", str(workdir),
-               "--weights", "random", "--image-size", str(IMAGE_SIZE), "--batch-size", "4", "--workers", "0",
-               "--device", "cpu"]
-    # torchrun would give each rank one thread; CPU kernels split sums by thread count, so match this process's
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("Extracted") == 1 and "42 images by 2 ranks" in done.stdout  # rank 0 reports for both
-    expected, got = snapshot(reference), snapshot(workdir)
-    assert expected.keys() == got.keys()
-    for key in expected:
-        np.testing.assert_array_equal(got[key], expected[key], err_msg=str(key))
-    with FeatureCache(reference / "features.h5") as one, FeatureCache(workdir / "features.h5") as two:
-        for split in one.splits:
-            assert one.paths(split) == two.paths(split)
-            np.testing.assert_array_equal(one.labels(split), two.labels(split))
-    assert not (workdir / ".staging").exists()
