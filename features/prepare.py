@@ -12,7 +12,6 @@ Rows that cannot be used are listed in out/prepare_problems.csv and left out, ne
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
@@ -23,8 +22,6 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from .images import IMAGE_EXTENSIONS, DataLayoutError
-
-log = logging.getLogger(__name__)
 
 DEFAULT_LABEL_PATTERN = r"^(.+?)[._-]\d+\.\w+$"  # cat.0.jpg -> cat, golden_retriever_12.jpg -> golden_retriever
 PROBLEMS_FILE = "prepare_problems.csv"
@@ -66,6 +63,7 @@ class PrepareReport:
 
 
 def prepare(cfg: PrepareConfig) -> PrepareReport:
+    """Link the raw images into train/valid/test; what cannot be used is reported, never guessed."""
     if (cfg.out.exists() or cfg.out.is_symlink()) and not cfg.force:
         raise FileExistsError(f"{cfg.out} already exists; pass --force to replace it")
     report = PrepareReport(cfg.out)
