@@ -37,7 +37,7 @@ from features.extract import DECODERS, DEVICES, PRECISIONS, ProgressFn, pending_
 from features.prepare import DEFAULT_LABEL_PATTERN, PROBLEMS_FILE, PrepareConfig, prepare
 
 from .predict import PredictConfig, PredictResult, predict
-from .report import ModelReport, build_reports, reports_dir
+from .report import TRAINING_CURVES, build_reports, reports_dir
 from .run import run_pipeline
 from .train import ENSEMBLE, HeadConfig, TrainResult, load_metrics, stale_heads, train_ensemble, train_linear_heads
 
@@ -222,7 +222,7 @@ def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 2: a linear head per backbone on the cached features."""
     results = train_linear_heads(_head_config(o), backbones)
     _print_summary(o["workdir"], [r.name for r in results], results)
-    _write_reports(o["workdir"], o["device"])
+    _write_reports(o["workdir"], o["device"], results)
 
 
 @main.command("ensemble")
@@ -235,7 +235,7 @@ def ensemble_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 3: the three-branch ensemble head on the cached features."""
     result = train_ensemble(_head_config(o), backbones)
     _print_summary(o["workdir"], [*result.metrics.get("single_heads", {}), ENSEMBLE], [result])
-    _write_reports(o["workdir"], o["device"])
+    _write_reports(o["workdir"], o["device"], [result])
 
 
 @main.command("predict")
@@ -286,7 +286,7 @@ def run_command(**o: Any) -> None:
         return
     _print_extract(report.extract)
     _print_summary(o["workdir"], [r.name for r in report.heads], report.heads)
-    _write_reports(o["workdir"], o["device"])
+    _write_reports(o["workdir"], o["device"], report.heads)
     if report.prediction is not None:
         _print_prediction(report.predicted_with, predict_cfg.split, report.prediction)
 
@@ -323,10 +323,12 @@ def _print_summary(workdir: Path, names: list[str], results: list[TrainResult]) 
                        f"{m['best_epoch']:>5}/{m['epochs']:<5}  {note}")
 
 
-def _write_reports(workdir: Path, device: str) -> list[ModelReport]:
-    rows = build_reports(workdir, device)
+def _write_reports(workdir: Path, device: str, results: list[TrainResult]) -> None:
+    """After training; when no head changed, the reports already on disk are current."""
+    if not any(r.trained for r in results) and (reports_dir(workdir) / TRAINING_CURVES).exists():
+        return
+    build_reports(workdir, device)
     click.echo(f"reports: {reports_dir(workdir)} (training curves, a confusion matrix per model; `cnnfeat report` compares them)")
-    return rows
 
 
 @main.command("report")
@@ -335,7 +337,8 @@ def _write_reports(workdir: Path, device: str) -> list[ModelReport]:
 @user_errors
 def report_command(workdir: Path, device: str) -> None:
     """Rebuild reports/ (training curves, confusion matrices) and compare every trained model."""
-    rows = _write_reports(workdir, device)
+    rows = build_reports(workdir, device)
+    click.echo(f"reports: {reports_dir(workdir)}")
     click.echo(f"\n{'model':<14} {'split':<8} {'accuracy':>9} {'log loss':>9} {'best epoch':>11}")
     for r in rows:
         click.echo(f"{r.model:<14} {r.split:<8} {r.accuracy:9.4f} {r.log_loss:9.4f} {r.best_epoch:>5}/{r.epochs:<5}")

@@ -20,7 +20,6 @@ from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, log_loss
 from features import CacheError
 from features.store import atomic_output
 
-from .heads import load_head
 from .predict import class_probabilities
 from .train import heads_dir, metrics_dir
 
@@ -51,46 +50,45 @@ def build_reports(workdir: Path, device: str = "auto") -> list[ModelReport]:
     folder = reports_dir(workdir)
     folder.mkdir(parents=True, exist_ok=True)
     rows = [_model_report(workdir, name, device) for name in names]
-    _save(_training_curves(workdir, names), folder / TRAINING_CURVES)
+    _save(_training_curves(workdir, rows), folder / TRAINING_CURVES)
     return rows
 
 
 def _model_report(workdir: Path, name: str, device: str) -> ModelReport:
-    _, meta = load_head(heads_dir(workdir) / f"{name}.pt")
-    split = meta["config"]["val_split"]
+    metrics = json.loads((metrics_dir(workdir) / f"{name}.json").read_text())
+    split = metrics["val_split"]
     probs = class_probabilities(workdir, name, split, device)
     if not (len(probs.labels) and (probs.labels >= 0).all()):
         raise CacheError(f"split {split!r} has no labels; a report needs the labeled validation split")
     predicted = probs.proba.argmax(1)
+    accuracy = float((predicted == probs.labels).mean())
     classes = list(probs.classes)
     matrix = confusion_matrix(probs.labels, predicted, labels=range(len(classes)))
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = matrix.diagonal() / matrix.sum(axis=1)
     figure = Figure(figsize=(2 + 0.6 * len(classes), 1.5 + 0.6 * len(classes)), layout="constrained")
     ConfusionMatrixDisplay(matrix, display_labels=classes).plot(ax=figure.add_subplot(), colorbar=False)
-    figure.axes[0].set_title(f"{name} on {split}: accuracy {(predicted == probs.labels).mean():.3f}")
+    figure.axes[0].set_title(f"{name} on {split}: accuracy {accuracy:.3f}")
     _save(figure, reports_dir(workdir) / f"confusion_{name}.png")
-    metrics = json.loads((metrics_dir(workdir) / f"{name}.json").read_text())
     return ModelReport(
-        model=name, split=split, accuracy=float((predicted == probs.labels).mean()),
+        model=name, split=split, accuracy=accuracy,
         log_loss=float(log_loss(probs.labels, probs.proba, labels=range(len(classes)))),
         recall={c: float(r) for c, r in zip(classes, recall)},
         best_epoch=metrics["best_epoch"], epochs=metrics["epochs"],
     )
 
 
-def _training_curves(workdir: Path, names: list[str]) -> Figure:
+def _training_curves(workdir: Path, models: list[ModelReport]) -> Figure:
     """One row per model: loss and accuracy per epoch, training and validation, best epoch marked."""
-    figure = Figure(figsize=(10, 2.6 * len(names)), layout="constrained")
-    axes = figure.subplots(len(names), 2, squeeze=False)
-    for row, name in zip(axes, names):
-        history = pd.read_csv(metrics_dir(workdir) / f"{name}-history.csv")
-        best = json.loads((metrics_dir(workdir) / f"{name}.json").read_text())["best_epoch"]
+    figure = Figure(figsize=(10, 2.6 * len(models)), layout="constrained")
+    axes = figure.subplots(len(models), 2, squeeze=False)
+    for row, model in zip(axes, models):
+        history = pd.read_csv(metrics_dir(workdir) / f"{model.model}-history.csv")
         for ax, quantity in zip(row, ("loss", "accuracy")):
             ax.plot(history["epoch"], history[f"train_{quantity}"], label="train")
             ax.plot(history["epoch"], history[f"val_{quantity}"], label="validation")
-            ax.axvline(best, color="grey", linestyle=":", label=f"kept: epoch {best}")
-            ax.set(title=f"{name}: {quantity}", xlabel="epoch")
+            ax.axvline(model.best_epoch, color="grey", linestyle=":", label=f"kept: epoch {model.best_epoch}")
+            ax.set(title=f"{model.model}: {quantity}", xlabel="epoch")
             ax.legend(fontsize="small")
     return figure
 

@@ -35,6 +35,9 @@ from .heads import FeatureHead, build_head, load_head, predict_proba, save_head
 log = logging.getLogger(__name__)
 
 ENSEMBLE = "ensemble"
+# Bumped when what a head's files hold changes (2: metrics name their val_split, meta its kind and
+# params), so heads saved by an older cnnfeat are retrained once instead of read half-way.
+HEAD_FORMAT = 2
 
 
 @dataclass
@@ -140,7 +143,7 @@ def _inputs_key(cache: FeatureCache, cfg: HeadConfig, kind: str, backbones: list
     """Changes whenever the features, the splits' files or a training setting that matters change."""
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("workdir", "device", "force")}
     blob = {
-        "kind": kind, "params": params, "settings": settings, "classes": cache.classes,
+        "head_format": HEAD_FORMAT, "kind": kind, "params": params, "settings": settings, "classes": cache.classes,
         "splits": {s: cache.fingerprint(s) for s in (cfg.train_split, cfg.val_split)},
         "features": {b: {k: cache.settings(cfg.train_split, b)[k] for k in VALUE_SETTINGS} for b in backbones},
     }
@@ -177,10 +180,11 @@ def train_one(cache: FeatureCache, cfg: HeadConfig, name: str, kind: str, backbo
         "model": name, "val_accuracy": best["val_accuracy"], "val_log_loss": best["val_loss"],
         "train_accuracy": train_acc, "train_log_loss": train_loss,
         "best_epoch": best_epoch, "epochs": len(history), "n_train": len(train), "n_val": len(val),
+        "val_split": cfg.val_split,
         "classes": list(cache.classes), "backbones": backbones,
     }
     meta = {
-        "name": name, "kind": kind, "params": params, "backbones": backbones, "classes": list(cache.classes), "inputs_key": key,
+        "name": name, "head_format": HEAD_FORMAT, "kind": kind, "params": params, "backbones": backbones, "classes": list(cache.classes), "inputs_key": key,
         "feature_settings": {b: {k: cache.settings(cfg.train_split, b)[k] for k in VALUE_SETTINGS} for b in backbones},
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}, "metrics": metrics,
     }
@@ -265,6 +269,9 @@ def stale_heads(cache: FeatureCache, workdir: Path, changing: set[tuple[str, str
             stale.append((name, "not trained yet"))
             continue
         _, meta = load_head(path)
+        if meta.get("head_format") != HEAD_FORMAT:
+            stale.append((name, "saved by an older cnnfeat"))
+            continue
         cfg = HeadConfig(**meta["config"])
         splits = (cfg.train_split, cfg.val_split)
         if any((split, b) in changing or (split, "*") in changing for split in splits for b in meta["backbones"]):

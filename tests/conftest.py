@@ -82,6 +82,14 @@ def snapshot(workdir: Path) -> dict[tuple[str, str], np.ndarray]:
         return {(s, b): cache.features(s, b) for s in cache.splits for b in cache.backbones(s)}
 
 
+def assert_same_features(workdir: Path, reference: Path) -> None:
+    """The same (split, backbone) datasets, bit for bit."""
+    expected, got = snapshot(reference), snapshot(workdir)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=str(key))
+
+
 @pytest.fixture(scope="session")
 def reference(digits_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One uninterrupted run of every backbone on digits_folder, for the others to compare with."""

@@ -80,6 +80,7 @@ def test_run_does_every_stage_then_nothing(digits_folder, tmp_path):
     second = _run(*args)
     assert second.exit_code == 0
     assert "Nothing to do" in second.output and second.output.count("(up to date)") == 4
+    assert "reports:" in first.output and "reports:" not in second.output  # nothing retrained, reports current
     assert "ensemble on test: up to date" in second.output
 
 

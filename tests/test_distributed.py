@@ -13,7 +13,7 @@ import torch
 from features import FeatureCache
 from features.distributed import Ranks, torchrun_ranks
 
-from .conftest import IMAGE_SIZE, snapshot
+from .conftest import IMAGE_SIZE, assert_same_features
 
 
 def test_batches_go_round_robin_so_ranks_share_every_split():
@@ -45,10 +45,7 @@ def test_torchrun_with_two_ranks_writes_the_single_process_cache(reference, digi
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("Extracted") == 1 and "42 images by 2 ranks" in done.stdout  # rank 0 reports for both
-    expected, got = snapshot(reference), snapshot(workdir)
-    assert expected.keys() == got.keys()
-    for key in expected:
-        np.testing.assert_array_equal(got[key], expected[key], err_msg=str(key))
+    assert_same_features(workdir, reference)
     with FeatureCache(reference / "features.h5") as one, FeatureCache(workdir / "features.h5") as two:
         for split in one.splits:
             assert one.paths(split) == two.paths(split)

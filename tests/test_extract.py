@@ -21,7 +21,7 @@ from features.extract import StagingWriter
 from features.images import DecodedBatch, load_rgb
 from features.store import Staging, workdir_lock
 
-from .conftest import IMAGE_SIZE, extract_config, snapshot
+from .conftest import IMAGE_SIZE, assert_same_features, extract_config, snapshot
 
 extract_module = importlib.import_module("features.extract")  # the package re-exports extract(), the function
 
@@ -114,10 +114,7 @@ def test_interrupted_run_resumes_to_the_same_features(reference, digits_folder, 
     assert not (workdir / "features.h5").exists()
     resumed = extract(extract_config(digits_folder, workdir))
     assert resumed.images_decoded == 42 - (4 + 2 + 4)  # test: 4 + 2, train: 4 staged
-    expected, got = snapshot(reference), snapshot(workdir)
-    assert expected.keys() == got.keys()
-    for key in expected:
-        np.testing.assert_array_equal(got[key], expected[key], err_msg=str(key))
+    assert_same_features(workdir, reference)
     assert not (workdir / ".staging").exists()
 
 
@@ -196,8 +193,7 @@ def test_a_resume_fills_every_gap_to_the_same_features(reference, digits_folder,
         lost.unlink()
     resumed = extract(extract_config(digits_folder, workdir))
     assert 0 < resumed.images_decoded < 42
-    for key, values in snapshot(reference).items():
-        np.testing.assert_array_equal(snapshot(workdir)[key], values, err_msg=str(key))
+    assert_same_features(workdir, reference)
 
 
 def test_missing_batches_are_cut_from_each_gap_on_the_batch_grid(tmp_path):

@@ -27,7 +27,7 @@ from features.images import ImageFiles, collate_decoded, decode_on_device
 from features.store import Staging
 from pipeline.heads import load_head
 
-from .conftest import IMAGE_SIZE, extract_config, snapshot
+from .conftest import IMAGE_SIZE, assert_same_features, extract_config
 
 IMAGES = 42  # in digits_folder
 
@@ -35,13 +35,6 @@ IMAGES = 42  # in digits_folder
 def _extract_command(data: Path, workdir: Path) -> list[str]:
     return [sys.executable, "-m", "pipeline", "extract", "--data", str(data), "--workdir", str(workdir),
             "--weights", "random", "--image-size", str(IMAGE_SIZE), "--batch-size", "4", "--workers", "0"]
-
-
-def _assert_same_features(workdir: Path, reference: Path) -> None:
-    expected, got = snapshot(reference), snapshot(workdir)
-    assert expected.keys() == got.keys()
-    for key in expected:
-        np.testing.assert_array_equal(got[key], expected[key], err_msg=str(key))
 
 
 def test_sigkill_at_random_moments_then_resume_gives_identical_features(reference, digits_folder, tmp_path):
@@ -60,7 +53,7 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_features(referenc
         assert not (workdir / "features.h5").exists() or process.returncode == 0
     report = extract(extract_config(digits_folder, workdir))
     assert report.images_decoded < IMAGES  # the killed runs' batches were kept
-    _assert_same_features(workdir, reference)
+    assert_same_features(workdir, reference)
     assert not list(workdir.rglob("*.tmp"))
 
 
@@ -87,7 +80,7 @@ def test_a_damaged_cache_is_detected_with_a_way_to_rebuild_it(damage, reference,
                           capture_output=True, text=True)
     assert done.returncode == 1 and "cnnfeat extract" in done.stderr and "Traceback" not in done.stderr
     extract(extract_config(digits_folder, workdir, force=damage == "flip-data"))
-    _assert_same_features(workdir, reference)
+    assert_same_features(workdir, reference)
 
 
 def _limit_file_size(limit: int):
@@ -113,7 +106,7 @@ def test_a_full_disk_fails_cleanly_and_the_next_run_completes(limit, reference, 
             staging = Staging(workdir, folder.parent.name, name, folder.name.split("-", 1)[1])
             assert all(len(chunk["rows"]) + len(chunk["failed_rows"]) for chunk in staging.chunks())
     extract(extract_config(digits_folder, workdir))
-    _assert_same_features(workdir, reference)
+    assert_same_features(workdir, reference)
 
 
 def _mutants(count: int, seed: int = 0) -> list[tuple[str, bytes]]:
@@ -180,7 +173,7 @@ def test_two_extractions_at_once_one_writes_the_other_is_refused(reference, digi
     outcomes = sorted((run.wait(timeout=300), run.stderr.read()) for run in runs)
     assert [code for code, _ in outcomes] == [0, 2], outcomes
     assert "another cnnfeat process" in outcomes[1][1]
-    _assert_same_features(workdir, reference)
+    assert_same_features(workdir, reference)
 
 
 class _RunsCode:

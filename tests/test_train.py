@@ -10,7 +10,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from features import BACKBONES, CacheError, ExtractConfig, FeatureCache, cache_path, extract
-from pipeline.train import HeadConfig, train_ensemble, train_linear_heads
+from pipeline.train import HeadConfig, stale_heads, train_ensemble, train_linear_heads
 
 from .conftest import IMAGE_SIZE
 
@@ -71,6 +71,22 @@ def test_seeded_training_repeats_and_up_to_date_heads_are_reused(digits10_workdi
     assert forced.trained and forced.history == first.history
     (changed,) = train_linear_heads(HeadConfig(workdir=digits10_workdir, epochs=5, lr=1e-2), ["resnet34"])
     assert changed.trained
+
+
+def test_heads_saved_by_an_older_cnnfeat_are_retrained_once(digits10_workdir):
+    cfg = HeadConfig(workdir=digits10_workdir, epochs=3)
+    train_linear_heads(cfg, ["resnet34"])
+    path = digits10_workdir / "heads" / "resnet34.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["meta"]["head_format"], checkpoint["meta"]["kind"], checkpoint["meta"]["params"]
+    checkpoint["meta"]["inputs_key"] = "a key made without head_format"
+    torch.save(checkpoint, path)
+    with FeatureCache(cache_path(digits10_workdir)) as cache:
+        assert ("resnet34", "saved by an older cnnfeat") in stale_heads(cache, digits10_workdir, set())
+    (retrained,) = train_linear_heads(cfg, ["resnet34"])
+    assert retrained.trained and retrained.metrics["val_split"] == "valid"
+    (again,) = train_linear_heads(cfg, ["resnet34"])
+    assert not again.trained
 
 
 def test_ensemble_of_two_chosen_backbones(digits10_workdir):
