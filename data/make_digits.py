@@ -18,19 +18,23 @@ from sklearn.datasets import load_digits
 
 
 def write_digits(out: Path, classes: list[int], n_train: int, n_valid: int, n_test: int,
-                 size: int = 96, seed: int = 0) -> Path:
-    """Per class n_train + n_valid labeled images, and n_test unlabeled ones drawn across the classes."""
+                 size: int = 96, seed: int = 0, n_holdout: int = 0) -> Path:
+    """Per class n_train + n_valid (+ n_holdout, in a labeled holdout/ split) labeled images, and n_test
+    unlabeled ones drawn across the classes; no scan is in two splits."""
     digits = load_digits()
     rng = np.random.default_rng(seed)
     test_pool = []
     for digit in classes:
         rows = rng.permutation(np.flatnonzero(digits.target == digit))
-        for split, chosen in (("train", rows[:n_train]), ("valid", rows[n_train : n_train + n_valid])):
+        edges = np.cumsum([0, n_train, n_valid, n_holdout])
+        for split, chosen in zip(("train", "valid", "holdout"), np.split(rows, edges[1:])):
+            if split == "holdout" and not n_holdout:
+                break
             folder = out / split / str(digit)
             folder.mkdir(parents=True, exist_ok=True)
             for row in chosen:
                 _save(digits.images[row], folder / f"{digit}_{row:04d}.jpg", size)
-        test_pool += list(rows[n_train + n_valid :])
+        test_pool += list(rows[edges[-1] :])
     (out / "test").mkdir(parents=True, exist_ok=True)
     for number, row in enumerate(rng.choice(test_pool, size=n_test, replace=False), start=1):
         _save(digits.images[row], out / "test" / f"{number}.jpg", size)

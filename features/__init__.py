@@ -1,41 +1,59 @@
 """Images to frozen-CNN features to one HDF5 cache. Knows nothing of heads.
 
-Data flow: images.scan_data_folder -> extract.extract (backbones.FrozenBackbone per model) -> store.
-Everything downstream reads features through store.FeatureCache.
+Data flow: folder.scan_data_folder -> extract.extract (backbones.FrozenBackbone per model) -> store.
+Everything downstream reads features through store.FeatureCache, and uses only the names below.
+
+Names are imported on first use (PEP 562), so `from features import FeatureCache` loads h5py but
+not torch: the CLI's `info`, `prepare` and `--help` start in a fraction of a second.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .backbones import (  # noqa: E402
-    BACKBONES,
-    BackboneSpec,
-    FrozenBackbone,
-    WeightsUnavailableError,
-    checkpoint_path,
-    get_backbone,
-    load_backbone,
-    resolve_backbones,
-)
-from .extract import ExtractConfig, ExtractReport, extract  # noqa: E402
-from .images import DataLayoutError, scan_data_folder  # noqa: E402
-from .store import CacheError, FeatureCache, WorkdirBusyError, cache_path  # noqa: E402
+import importlib
+import sys
+import types
+from typing import Any
 
-__all__ = [
-    "BACKBONES",
-    "BackboneSpec",
-    "CacheError",
-    "DataLayoutError",
-    "ExtractConfig",
-    "ExtractReport",
-    "FeatureCache",
-    "FrozenBackbone",
-    "WeightsUnavailableError",
-    "WorkdirBusyError",
-    "cache_path",
-    "checkpoint_path",
-    "extract",
-    "get_backbone",
-    "load_backbone",
-    "resolve_backbones",
-    "scan_data_folder",
-]
+__version__ = "0.2.0"
+
+_EXPORTS = {
+    "backbones": ("CatalogEntry", "FrozenBackbone", "catalog", "Preprocessing", "build_model", "checkpoint_path", "load_backbone",
+                  "normalize", "preprocessing", "weights_enum"),
+    "config": ("DECODERS", "DEVICES", "HFLIP", "POOLS", "PRECISIONS", "VIEWS", "WEIGHTS", "ExtractConfig"),
+    "errors": ("CacheError", "CnnfeatError", "ConfigError", "DataLayoutError", "HeadError", "MissingInputError", "OutputExistsError",
+               "WeightsUnavailableError", "WorkdirBusyError"),
+    "extract": ("ExtractReport", "ProgressFn", "extract", "resolve_device"),
+    "folder": ("DataFolder", "Split", "scan_data_folder"),
+    "freshness": ("check_fresh", "pending_extraction"),
+    "images": ("load_rgb",),
+    "prepare": ("DEFAULT_LABEL_PATTERN", "PROBLEMS_FILE", "PrepareConfig", "PrepareReport", "prepare"),
+    "registry": ("BOOK", "BackboneSpec", "get_backbone", "resolve_backbones", "split_names"),
+    "store": ("VALUE_SETTINGS", "FeatureCache", "atomic_output", "cache_path", "dataset_name", "workdir_lock"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'features' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+class _Package(types.ModuleType):
+    """Keeps `features.extract` and `features.prepare` the functions when their modules load.
+
+    Importing a submodule sets it as an attribute of its package; two submodules share their
+    name with the function they export, so that attribute is refused here and __getattr__ above
+    gives the function (`from features.extract import X` still reads the module).
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and name in _MODULE_OF:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -1,145 +1,61 @@
-"""Image folders to splits, and image files to uint8 tensors.
+"""Image files to uint8 tensors: decoded once, turned upright (EXIF), resized square to each size asked for.
 
-A data folder holds one subfolder per split. A split whose subfolders hold images is labeled
-(class = subfolder name); a split with images directly inside (Kaggle's test/) is unlabeled:
-
-    data/train/cat/1.jpg  data/train/dog/2.jpg  data/valid/cat/3.jpg  data/test/4.jpg
-
-Hidden entries (names starting with '.', such as .ipynb_checkpoints) are ignored everywhere.
+Two decoders give the same kind of batch. PIL decodes in the DataLoader's workers; with
+`jpeg_bytes=True` the workers only read JPEG files and `decode_on_device` decodes a whole batch
+where the models run (nvJPEG on a GPU). Either way a file that cannot be decoded comes back as a
+failed row with its reason, never as an exception, so one broken file never stops a run.
 """
 
 from __future__ import annotations
 
-import hashlib
+import io
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import InterpolationMode, resize
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
-UNLABELED = -1
+JPEG_MAGIC = b"\xff\xd8\xff"
+EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the tensor operation on (..., H, W) that turns the stored pixels upright,
+# the same as PIL.ImageOps.exif_transpose (a test checks all eight).
+_UPRIGHT = {
+    2: lambda x: x.flip(-1),
+    3: lambda x: x.flip((-2, -1)),
+    4: lambda x: x.flip(-2),
+    5: lambda x: x.transpose(-2, -1),
+    6: lambda x: torch.rot90(x, -1, (-2, -1)),
+    7: lambda x: x.transpose(-2, -1).flip((-2, -1)),
+    8: lambda x: torch.rot90(x, 1, (-2, -1)),
+}
 
 
-class DataLayoutError(ValueError):
-    """The data folder does not have the split/class layout cnnfeat reads."""
-
-
-@dataclass(frozen=True)
-class Split:
-    name: str
-    paths: tuple[str, ...]  # POSIX paths relative to the data folder, sorted
-    labels: np.ndarray  # int64 index into DataFolder.classes, UNLABELED for an unlabeled split
-
-    @property
-    def labeled(self) -> bool:
-        return bool(len(self.labels)) and bool(self.labels[0] != UNLABELED)
-
-
-@dataclass(frozen=True)
-class DataFolder:
-    root: Path
-    classes: tuple[str, ...]
-    splits: dict[str, Split]
-
-    def fingerprint(self, split: str) -> str:
-        """Changes whenever a file of the split is added, removed, renamed, rewritten or relabeled."""
-        digest = hashlib.sha256("\n".join(self.classes).encode())
-        for rel, label in zip(self.splits[split].paths, self.splits[split].labels):
-            stat = (self.root / rel).stat()
-            digest.update(f"\n{rel}\t{label}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
-        return digest.hexdigest()
-
-
-def _visible(entries: list[Path]) -> list[Path]:
-    return sorted(p for p in entries if not p.name.startswith("."))
-
-
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def scan_data_folder(root: str | Path) -> DataFolder:
-    """Find splits, classes, image paths and labels; refuse layouts that would shift labels."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataLayoutError(f"data folder {root} does not exist or is not a folder")
-    labeled: dict[str, dict[str, list[str]]] = {}
-    unlabeled: dict[str, list[str]] = {}
-    for split_dir in (p for p in _visible(list(root.iterdir())) if p.is_dir()):
-        entries = _visible(list(split_dir.iterdir()))
-        images = [p for p in entries if _is_image(p)]
-        class_dirs = [p for p in entries if p.is_dir()]
-        if images and class_dirs:
-            raise DataLayoutError(
-                f"split {split_dir} holds both images and subfolders; put a labeled split's images "
-                f"in one subfolder per class, and an unlabeled split's images directly in it"
-            )
-        if images:
-            unlabeled[split_dir.name] = [p.relative_to(root).as_posix() for p in images]
-        elif class_dirs:
-            labeled[split_dir.name] = {
-                d.name: [p.relative_to(root).as_posix() for p in _visible(list(d.iterdir())) if _is_image(p)]
-                for d in class_dirs
-            }
-        else:
-            log.warning("skipping %s: it holds no images and no class folders", split_dir)
-    classes = _agreed_classes(root, labeled)
-    splits = {name: _labeled_split(name, per_class, classes) for name, per_class in labeled.items()}
-    splits.update(
-        {name: Split(name, tuple(paths), np.full(len(paths), UNLABELED, np.int64)) for name, paths in unlabeled.items()}
-    )
-    if not splits:
-        raise DataLayoutError(
-            f"no images found under {root}; expected split folders such as train/<class>/*.jpg and test/*.jpg"
-        )
-    return DataFolder(root, classes, dict(sorted(splits.items())))
-
-
-def _agreed_classes(root: Path, labeled: dict[str, dict[str, list[str]]]) -> tuple[str, ...]:
-    """All labeled splits must name the same classes, each with images, or labels would shift."""
-    classes: tuple[str, ...] = ()
-    for name, per_class in labeled.items():
-        empty = [c for c, paths in per_class.items() if not paths]
-        if empty:
-            raise DataLayoutError(
-                f"class folder(s) {', '.join(f'{root / name / c}' for c in empty)} hold no images; "
-                f"add images or remove the folder (an empty class would shift every label after it)"
-            )
-        these = tuple(sorted(per_class))
-        if classes and these != classes:
-            first = next(iter(labeled))
-            raise DataLayoutError(
-                f"splits disagree on the classes: {first}/ has {list(classes)}, {name}/ has {list(these)}; "
-                f"every labeled split needs the same class folders"
-            )
-        classes = these
-    return classes
-
-
-def _labeled_split(name: str, per_class: dict[str, list[str]], classes: tuple[str, ...]) -> Split:
-    rows = sorted((path, classes.index(cls)) for cls, paths in per_class.items() for path in paths)
-    return Split(name, tuple(p for p, _ in rows), np.array([label for _, label in rows], dtype=np.int64))
-
-
-def load_rgb(path: str | Path, size: int) -> torch.Tensor:
-    """Decode any PIL-readable image to a (3, size, size) uint8 tensor, resized square as the book did.
+def open_rgb(source: str | Path | bytes) -> Image.Image:
+    """Decode any PIL-readable image, upright as its EXIF orientation says, as 8-bit RGB.
 
     Grayscale, palette, CMYK and 16-bit images become RGB; transparency is composited on white.
     """
-    with Image.open(path) as img:
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
         img.load()
-        img = _to_rgb(img)
+        return _to_rgb(ImageOps.exif_transpose(img))
+
+
+def square_tensor(img: Image.Image, size: int) -> torch.Tensor:
+    """(3, size, size) uint8, resized without cropping as the book did."""
     img = img.resize((size, size), Image.BILINEAR)
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def load_rgb(path: str | Path, size: int) -> torch.Tensor:
+    """One image file as a (3, size, size) uint8 tensor."""
+    return square_tensor(open_rgb(path), size)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -154,89 +70,167 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-JPEG_MAGIC = b"\xff\xd8\xff"
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8) of an encoded image; 1 when it has none. Reads the header only."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return int(img.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - a header PIL cannot read is the decoder's to judge
+        return 1
+
+
+def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply an EXIF orientation to decoded (3, H, W) pixels on any device."""
+    turn = _UPRIGHT.get(orientation)
+    return turn(image) if turn is not None else image
 
 
 class DecodedBatch(NamedTuple):
     rows: torch.Tensor  # (B,) int64 positions in the split of the decoded images, ascending
-    images: torch.Tensor  # (B, 3, H, W) uint8
+    images: dict[int, torch.Tensor]  # size -> (B, 3, size, size) uint8
     failed_rows: list[int]  # positions that could not be decoded
     failed_reasons: list[str]
     jpeg_rows: list[int] = []  # positions whose JPEG bytes are left to decode_on_device
-    jpeg_bytes: list[torch.Tensor] = []
+    # Every such JPEG's bytes one after another in one tensor, so a batch crosses from a worker
+    # process as one shared-memory file rather than one per image (workers x prefetch x batch
+    # files would exhaust `ulimit -n`); image i is packed[offsets[i]:offsets[i + 1]].
+    jpeg_packed: torch.Tensor = torch.empty(0, dtype=torch.uint8)
+    jpeg_offsets: torch.Tensor = torch.zeros(1, dtype=torch.int64)
+    jpeg_orientations: list[int] = []
+
+    def jpeg(self, i: int) -> torch.Tensor:
+        return self.jpeg_packed[int(self.jpeg_offsets[i]) : int(self.jpeg_offsets[i + 1])]
 
 
 class ImageFiles(Dataset):
-    """Item i is the split's image i, decoded once for every backbone; a broken file yields its error.
+    """Item i is the split's image i, decoded once and resized to every size; a broken file yields its error.
 
-    With jpeg_bytes=True a JPEG comes back undecoded, for decode_on_device to decode a whole batch
-    at once where the models run (nvJPEG on a GPU); other formats are still decoded here with PIL.
+    With jpeg_bytes=True a JPEG comes back undecoded (its bytes and EXIF orientation), for
+    decode_on_device; other formats are still decoded here with PIL.
     """
 
-    def __init__(self, root: Path, paths: tuple[str, ...], size: int, jpeg_bytes: bool = False) -> None:
-        self.root, self.paths, self.size, self.jpeg_bytes = root, paths, size, jpeg_bytes
+    def __init__(self, root: Path, paths: Sequence[str], sizes: Sequence[int], jpeg_bytes: bool = False) -> None:
+        self.root, self.paths, self.sizes, self.jpeg_bytes = Path(root), paths, tuple(sizes), jpeg_bytes
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, row: int) -> tuple[int, torch.Tensor | None, str]:
+    def __getitem__(self, row: int) -> tuple[int, object, str]:
         path = self.root / self.paths[row]
         try:
             if self.jpeg_bytes:
                 data = path.read_bytes()
                 if data.startswith(JPEG_MAGIC):
-                    return row, torch.frombuffer(bytearray(data), dtype=torch.uint8), "jpeg"
-            return row, load_rgb(path, self.size), ""
+                    return row, (data, exif_orientation(data)), "jpeg"
+                img = open_rgb(data)
+            else:
+                img = open_rgb(path)
+            return row, {size: square_tensor(img, size) for size in self.sizes}, ""
         except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files; each is a skip
             return row, None, f"{type(err).__name__}: {err}"
 
 
-def collate_decoded(items: list[tuple[int, torch.Tensor | None, str]]) -> DecodedBatch:
-    good = [(row, img) for row, img, note in items if img is not None and note != "jpeg"]
-    bad = [(row, reason) for row, img, reason in items if img is None]
-    jpegs = [(row, data) for row, data, note in items if note == "jpeg"]
-    images = torch.stack([img for _, img in good]) if good else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
+def collate_decoded(items: list[tuple[int, object, str]]) -> DecodedBatch:
+    decoded = [(row, images) for row, images, note in items if images is not None and note != "jpeg"]
+    failed = [(row, reason) for row, images, reason in items if images is None]
+    jpegs = [(row, payload) for row, payload, note in items if note == "jpeg"]
+    sizes = next(iter(decoded))[1].keys() if decoded else ()
+    images = {size: torch.stack([per_size[size] for _, per_size in decoded]) for size in sizes}
+    lengths = [len(data) for _, (data, _) in jpegs]
+    packed = np.frombuffer(b"".join(data for _, (data, _) in jpegs), dtype=np.uint8)
     return DecodedBatch(
-        torch.tensor([row for row, _ in good], dtype=torch.int64),
+        torch.tensor([row for row, _ in decoded], dtype=torch.int64),
         images,
-        [row for row, _ in bad],
-        [reason for _, reason in bad],
+        [row for row, _ in failed],
+        [reason for _, reason in failed],
         [row for row, _ in jpegs],
-        [data for _, data in jpegs],
+        torch.from_numpy(packed.copy()),
+        torch.tensor(np.concatenate(([0], np.cumsum(lengths))), dtype=torch.int64),
+        [orientation for _, (_, orientation) in jpegs],
     )
 
 
-def decode_on_device(batch: DecodedBatch, root: Path, paths: tuple[str, ...], size: int,
-                     device: torch.device) -> DecodedBatch:
-    """Decode the batch's JPEG bytes with torchvision.io.decode_jpeg on the device and resize there.
+class DecodeStream:
+    """Where decode_on_device runs on a GPU: its own stream, so decoding overlaps the models' work.
+
+    torchvision's CUDA decoder writes its output from an internal stream that does not wait for
+    the caller's stream, so memory the caching allocator recycles on the caller's stream may still
+    be read by queued kernels (pytorch/vision#8587). Synchronising this stream before each decode
+    makes every block it freed truly free; compute waits for the decode by an event, and
+    record_stream keeps the batch's memory from being recycled before compute is done with it.
+    On a CPU every step is a no-op.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def __enter__(self) -> "DecodeStream":
+        if self.stream is not None:
+            self.stream.synchronize()  # CUDA: only this stream's (decode and resize) work, never the models'
+            self._context = torch.cuda.stream(self.stream)
+            self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.stream is not None:
+            self._context.__exit__(*exc)
+
+    def hand_over(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Make the compute (current) stream wait for the decode and own the decoded batch."""
+        if self.stream is None:
+            return
+        compute = torch.cuda.current_stream(self.device)
+        compute.wait_stream(self.stream)  # CUDA: an event, the host does not wait
+        for tensor in tensors:
+            tensor.record_stream(compute)  # CUDA: freed only after compute's queued work that uses it
+
+
+def decode_on_device(batch: DecodedBatch, root: Path, paths: Sequence[str], sizes: Sequence[int],
+                     device: torch.device, stream: DecodeStream | None = None) -> DecodedBatch:
+    """Decode the batch's JPEG bytes with torchvision.io.decode_jpeg on the device, turn upright, resize there.
 
     One batched call (nvJPEG on a GPU, libjpeg-turbo on a CPU); if it fails, image by image, and an
     image the device cannot decode gets PIL's verdict, so a broken file is skipped as on the PIL path.
     """
     if not batch.jpeg_rows:
         return batch
-    try:
-        decoded = decode_jpeg(batch.jpeg_bytes, mode=ImageReadMode.RGB, device=device)
-    except RuntimeError:
-        decoded = [_decode_one(data, device) for data in batch.jpeg_bytes]
-    rows, images = batch.rows.tolist(), [batch.images.to(device, non_blocking=True)] if len(batch.rows) else []
-    failed = dict(zip(batch.failed_rows, batch.failed_reasons))
-    for row, image in zip(batch.jpeg_rows, decoded):
-        if image is None:
+    stream = stream or DecodeStream(device)
+    with stream:
+        jpegs = [batch.jpeg(i) for i in range(len(batch.jpeg_rows))]
+        try:
+            decoded = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:  # one bad file fails the whole batched call: find it
+            decoded = [_decode_one(data, device) for data in jpegs]
+        rows = batch.rows.tolist()
+        per_size: dict[int, list[torch.Tensor]] = {s: [batch.images[s].to(device, non_blocking=True)] if rows else []
+                                                   for s in sizes}
+        failed = dict(zip(batch.failed_rows, batch.failed_reasons))
+        for row, image, orientation in zip(batch.jpeg_rows, decoded, batch.jpeg_orientations):
             try:
-                image = load_rgb(root / paths[row], size).to(device)
+                resized = (_resize_all(upright(image, orientation), sizes) if image is not None
+                           else {s: t.to(device) for s, t in _pil_sizes(root / paths[row], sizes).items()})
             except Exception as err:  # noqa: BLE001 - as in ImageFiles
                 failed[row] = f"{type(err).__name__}: {err}"
                 continue
-        else:
-            with torch.autocast(device.type, enabled=False):  # resize uint8 pixels in fp32 even under --precision
-                image = resize(image, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
-        rows.append(row)
-        images.append(image[None])
-    order = sorted(range(len(rows)), key=rows.__getitem__)
-    pixels = torch.cat(images)[torch.tensor(order, device=device)] if rows else batch.images
-    return DecodedBatch(torch.tensor(sorted(rows), dtype=torch.int64), pixels, sorted(failed),
+            rows.append(row)
+            for size, tensor in resized.items():
+                per_size[size].append(tensor[None])
+        order = torch.tensor(sorted(range(len(rows)), key=rows.__getitem__), device=device)
+        images = {s: torch.cat(parts)[order] for s, parts in per_size.items()} if rows else batch.images
+    stream.hand_over(list(images.values()))
+    return DecodedBatch(torch.tensor(sorted(rows), dtype=torch.int64), images, sorted(failed),
                         [failed[r] for r in sorted(failed)])
+
+
+def _resize_all(image: torch.Tensor, sizes: Sequence[int]) -> dict[int, torch.Tensor]:
+    with torch.autocast(image.device.type, enabled=False):  # resize pixels in fp32 even under --precision
+        return {s: resize(image, [s, s], interpolation=InterpolationMode.BILINEAR, antialias=True) for s in sizes}
+
+
+def _pil_sizes(path: Path, sizes: Sequence[int]) -> dict[int, torch.Tensor]:
+    img = open_rgb(path)
+    return {size: square_tensor(img, size) for size in sizes}
 
 
 def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None:

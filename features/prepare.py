@@ -12,16 +12,18 @@ Rows that cannot be used are listed in out/prepare_problems.csv and left out, ne
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shutil
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-from sklearn.model_selection import train_test_split
+import numpy as np
 
-from .images import IMAGE_EXTENSIONS, DataLayoutError
+from .errors import ConfigError, DataLayoutError, MissingInputError, OutputExistsError
+from .folder import IMAGE_EXTENSIONS
 
 DEFAULT_LABEL_PATTERN = r"^(.+?)[._-]\d+\.\w+$"  # cat.0.jpg -> cat, golden_retriever_12.jpg -> golden_retriever
 PROBLEMS_FILE = "prepare_problems.csv"
@@ -43,15 +45,15 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         self.train, self.out = Path(self.train), Path(self.out)
         if (self.label_pattern is None) == (self.labels is None):
-            raise ValueError("give exactly one source of labels: --label-from-name [PATTERN] or --labels CSV")
+            raise ConfigError("give exactly one source of labels: --label-from-name [PATTERN] or --labels CSV")
         if self.label_pattern is not None and re.compile(self.label_pattern).groups < 1:
-            raise ValueError(f"the label pattern {self.label_pattern!r} needs a group, as in {DEFAULT_LABEL_PATTERN!r}")
+            raise ConfigError(f"the label pattern {self.label_pattern!r} needs a group, as in {DEFAULT_LABEL_PATTERN!r}")
         if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), not {self.val_fraction}")
+            raise ConfigError(f"val_fraction must be in [0, 1), not {self.val_fraction}")
         for name in ("train", "test", "labels"):
             value = getattr(self, name)
             if value is not None and not Path(value).exists():
-                raise FileNotFoundError(f"--{name} {value} does not exist")
+                raise MissingInputError(f"--{name} {value} does not exist")
 
 
 @dataclass
@@ -65,7 +67,7 @@ class PrepareReport:
 def prepare(cfg: PrepareConfig) -> PrepareReport:
     """Link the raw images into train/valid/test; what cannot be used is reported, never guessed."""
     if (cfg.out.exists() or cfg.out.is_symlink()) and not cfg.force:
-        raise FileExistsError(f"{cfg.out} already exists; pass --force to replace it")
+        raise OutputExistsError(f"{cfg.out} already exists; pass --force to replace it")
     report = PrepareReport(cfg.out)
     images = _images(cfg.train)
     if cfg.label_pattern is not None:
@@ -91,7 +93,8 @@ def prepare(cfg: PrepareConfig) -> PrepareReport:
             for name, source in test.items():
                 _link(source, tmp / "test" / name)
             report.counts["test"] = len(test)
-        pd.DataFrame(report.problems, columns=["problem", "item", "detail"]).to_csv(tmp / PROBLEMS_FILE, index=False)
+        with open(tmp / PROBLEMS_FILE, "w", newline="") as handle:
+            csv.writer(handle).writerows([("problem", "item", "detail"), *report.problems])
         _replace(tmp, cfg.out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -127,42 +130,62 @@ def _labels_from_names(images: dict[str, Path], pattern: str, report: PrepareRep
 
 
 def _labels_from_csv(images: dict[str, Path], cfg: PrepareConfig, report: PrepareReport) -> dict[str, str]:
-    table = pd.read_csv(cfg.labels, dtype=str, keep_default_na=False)
-    for column in (cfg.id_column, cfg.label_column):
-        if column not in table.columns:
-            raise DataLayoutError(f"{cfg.labels} has no column {column!r} (it has {', '.join(table.columns)}); "
-                                  f"name the columns with --id-column and --label-column")
+    with open(cfg.labels, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        for column in (cfg.id_column, cfg.label_column):
+            if column not in columns:
+                raise DataLayoutError(f"{cfg.labels} has no column {column!r} (it has {', '.join(columns)}); "
+                                      f"name the columns with --id-column and --label-column")
+        rows = [(line, row[cfg.id_column] or "", row[cfg.label_column] or "") for line, row in enumerate(reader, start=2)]
     by_id = {}
     for name in images:
         by_id.setdefault(name, name)
         by_id.setdefault(Path(name).stem, name)
-    labels: dict[str, str] = {}
-    conflicted: set[str] = set()  # neither label is trusted
-    for row, (image_id, label) in enumerate(zip(table[cfg.id_column], table[cfg.label_column]), start=2):
+    given: dict[str, list[tuple[int, str, str]]] = defaultdict(list)  # image -> (line, id, label) of each row
+    for line, image_id, label in rows:
         name = by_id.get(image_id.strip())
-        label = label.strip()
         if name is None:
-            report.problems.append(("id without image", image_id, f"{cfg.labels} line {row}: no such file in {cfg.train}"))
-        elif not _usable_label(label):
-            report.problems.append(("unknown label", image_id, f"{cfg.labels} line {row}: {label!r} cannot be a class name"))
-        elif name in labels and labels[name] != label:
-            report.problems.append(("conflicting labels", image_id, f"{cfg.labels} line {row}: {label!r} and {labels[name]!r}"))
-            conflicted.add(name)
+            report.problems.append(("id without image", image_id, f"{cfg.labels} line {line}: no such file in {cfg.train}"))
         else:
-            labels[name] = label
+            given[name].append((line, image_id, label.strip()))
+    labels: dict[str, str] = {}
     for name in images:
-        if name not in labels:
+        found = given.get(name, [])
+        distinct = sorted({label for _, _, label in found})
+        if not found:
             report.problems.append(("image without label", name, f"no row of {cfg.labels} has its id"))
-    return {name: label for name, label in labels.items() if name not in conflicted}
+        elif len(distinct) > 1:  # neither label is trusted, even when one of them is unusable
+            lines = ", ".join(str(line) for line, _, _ in found)
+            report.problems.append(("conflicting labels", found[0][1], f"{cfg.labels} lines {lines}: {distinct}"))
+        elif not _usable_label(distinct[0]):
+            report.problems.append(("unknown label", found[0][1],
+                                    f"{cfg.labels} line {found[0][0]}: {distinct[0]!r} cannot be a class name"))
+        else:
+            labels[name] = distinct[0]
+    return labels
 
 
 def _stratified(names: list[str], labels: list[str], cfg: PrepareConfig) -> tuple[list[str], list[str]]:
-    """Every class keeps its share in valid/; the same seed gives the same split."""
-    try:
-        train, valid = train_test_split(names, test_size=cfg.val_fraction, stratify=labels, random_state=cfg.seed)
-    except ValueError as err:
-        raise DataLayoutError(f"cannot carve a stratified validation split of {cfg.val_fraction}: {err}") from err
-    return sorted(train), sorted(valid)
+    """Every class keeps its share in valid/ (at least one image, and one left in train); same seed, same split."""
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for name, label in zip(names, labels):
+        by_class[label].append(name)
+    wanted = round(len(names) * cfg.val_fraction)
+    small = sorted(label for label, members in by_class.items() if len(members) < 2)
+    if wanted < len(by_class) or small:
+        why = (f"class(es) {', '.join(small[:5])} have a single image" if small else
+               f"{wanted} validation image(s) cannot hold {len(by_class)} classes; raise --val-fraction")
+        raise DataLayoutError(f"cannot carve a stratified validation split of {cfg.val_fraction}: {why} "
+                              f"(or pass --val-fraction 0 and let the heads hold out a share of train)")
+    rng = np.random.default_rng(cfg.seed)
+    valid: list[str] = []
+    for label in sorted(by_class):
+        members = sorted(by_class[label])
+        count = min(max(1, round(len(members) * cfg.val_fraction)), len(members) - 1)
+        valid += [members[i] for i in rng.permutation(len(members))[:count]]
+    chosen = set(valid)
+    return [n for n in names if n not in chosen], sorted(valid)
 
 
 def _link(source: Path, target: Path) -> None:
@@ -171,7 +194,10 @@ def _link(source: Path, target: Path) -> None:
 
 
 def _replace(tmp: Path, out: Path) -> None:
-    if out.exists() or out.is_symlink():
+    """Swap the finished folder in; an --out that is a symbolic link is replaced, what it points to is kept."""
+    if out.is_symlink() or out.is_file():
+        out.unlink()
+    if out.exists():
         old = out.with_name(out.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out, old)

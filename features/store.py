@@ -8,6 +8,7 @@ Layout of `<workdir>/features.h5` (public; see README):
     /<split>/labels        (N,) int64, -1 for an unlabeled split
     /<split>/skipped       (K,) UTF-8 paths that could not be decoded; /<split>/skipped_reasons beside it
     /<split>/<backbone>    (N, D) float32 (N, C, H, W with pool "none"); attrs: backbone, weights, pool, ...
+/<split>/<backbone>_hflip  the same for the images mirrored left-right (extract --views hflip); attrs: view="hflip"
 
 Why two places: HDF5 has no journal, so a process killed while writing can leave a file that no
 longer opens. Extraction therefore writes each batch as its own small file under
@@ -30,10 +31,12 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 import h5py
 import numpy as np
+
+from .errors import CacheError, WorkdirBusyError
 
 log = logging.getLogger(__name__)
 
@@ -43,47 +46,79 @@ CACHE_NAME = "features.h5"
 STAGING_DIR = ".staging"
 LOCK_NAME = ".lock"
 # Settings that change feature values; a dataset whose recorded settings differ is recomputed.
-VALUE_SETTINGS = ("backbone", "weights", "pool", "image_size", "layer", "precision")
+VALUE_SETTINGS = ("backbone", "weights", "pool", "image_size", "precision", "orientation", "view")
+# Staged batches are reused only if they were also made by the same decoder on the same kind of device,
+# so a run stopped on a CPU and resumed on a GPU never mixes their batches in one dataset.
+STAGING_SETTINGS = (*VALUE_SETTINGS, "decode", "device", "conv_precision")
 _STR = h5py.string_dtype("utf-8")
-
-
-class CacheError(RuntimeError):
-    """The feature cache is missing, unreadable or lacks what was asked for."""
-
-
-class WorkdirBusyError(RuntimeError):
-    """Another cnnfeat process is writing to the same workdir."""
 
 
 def cache_path(workdir: str | Path) -> Path:
     return Path(workdir) / CACHE_NAME
 
 
+def dataset_name(backbone: str, view: str = "") -> str:
+    """/<split>/<backbone> holds the plain view, /<split>/<backbone>_<view> another (hflip: mirrored)."""
+    return f"{backbone}_{view}" if view else backbone
+
+
 @contextmanager
 def workdir_lock(workdir: Path) -> Iterator[None]:
-    """Hold the workdir exclusively; the OS drops the lock when the process dies, even by kill -9."""
+    """Hold the workdir exclusively; the OS drops the lock when the process dies, even by kill -9.
+
+    The lock file is removed on release, and a workdir this call created is removed again if
+    nothing was written to it, so a run that fails early leaves nothing behind.
+    """
+    created = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
-    with open(workdir / LOCK_NAME, "a+") as handle:
+    lock = workdir / LOCK_NAME
+    try:
+        with _locked(lock) as handle:
+            handle.write(str(os.getpid()))
+            handle.flush()
+            try:
+                yield
+            finally:
+                lock.unlink(missing_ok=True)  # while still locked: nobody can take a lock on it meanwhile
+    finally:
+        if created and workdir.is_dir() and not any(workdir.iterdir()):
+            workdir.rmdir()
+
+
+@contextmanager
+def _locked(lock: Path) -> Iterator[IO[str]]:
+    """An open, exclusively locked lock file that is still the one at its path.
+
+    A holder unlinks the file before unlocking; a process that opened it just before must then
+    not count its lock as held, or two processes would each hold a lock on a different file.
+    """
+    while True:
+        handle = open(lock, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
-            if err.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
+            handle.close()
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
             raise WorkdirBusyError(
-                f"another cnnfeat process (pid {holder}) is writing to {workdir}; "
+                f"another cnnfeat process (pid {holder}) is writing to {lock.parent}; "
                 f"wait for it to finish, or use another --workdir"
             ) from None
+        try:
+            same = os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    try:
         handle.seek(0)
         handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.truncate(0)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield handle
+    finally:
+        handle.close()  # closing releases the lock
 
 
 def _fsync_path(path: Path) -> None:
@@ -117,15 +152,23 @@ def _atomic_save(path: Path, **arrays: np.ndarray) -> None:
 class Staging:
     """Finished batches of one (split, backbone, settings) job, one .npz file each, for resuming."""
 
-    def __init__(self, workdir: Path, split: str, backbone: str, key: str) -> None:
-        self.backbone = backbone
-        self.folder = Path(workdir) / STAGING_DIR / split / f"{backbone}-{key}"
+    def __init__(self, workdir: Path, split: str, dataset: str, key: str) -> None:
+        self.dataset = dataset
+        self.folder = Path(workdir) / STAGING_DIR / split / f"{dataset}-{key}"
 
     @staticmethod
     def key(settings: dict, fingerprint: str) -> str:
-        """Staged batches are reused only for the very same settings and files."""
-        blob = json.dumps({k: settings[k] for k in VALUE_SETTINGS}, sort_keys=True) + fingerprint
+        """Staged batches are reused only for the very same settings, decoder, device and files."""
+        blob = json.dumps({k: settings.get(k) for k in STAGING_SETTINGS}, sort_keys=True) + fingerprint
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @staticmethod
+    def remove_splits_other_than(workdir: Path, splits: set[str]) -> None:
+        """Staged batches of splits the data folder no longer has are never used again."""
+        root = Path(workdir) / STAGING_DIR
+        for folder in root.iterdir() if root.is_dir() else ():
+            if folder.name not in splits:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _chunk_files(self) -> list[Path]:
         return sorted(self.folder.glob("*.npz")) if self.folder.is_dir() else []
@@ -174,9 +217,15 @@ class Staging:
             for row, reason in zip(chunk["failed_rows"], chunk["failed_reasons"])
         }
 
+    def remove_other_versions(self) -> None:
+        """Batches of this (split, dataset) made for other files or settings are never used again."""
+        for folder in self.folder.parent.glob(f"{self.dataset}-*"):
+            if folder != self.folder:
+                shutil.rmtree(folder, ignore_errors=True)
+
     def remove_all_versions(self) -> None:
-        """Once committed, this (split, backbone)'s batches are in the cache, and any other settings' are stale."""
-        for folder in self.folder.parent.glob(f"{self.backbone}-*"):
+        """Once committed, this (split, dataset)'s batches are in the cache, and any other settings' are stale."""
+        for folder in self.folder.parent.glob(f"{self.dataset}-*"):
             shutil.rmtree(folder, ignore_errors=True)
         for empty in (self.folder.parent, self.folder.parent.parent):
             if empty.is_dir() and not any(empty.iterdir()):
@@ -191,15 +240,17 @@ class SplitContent:
     fingerprint: str
     paths: tuple[str, ...]  # every scanned path, decodable or not
     labels: np.ndarray
+    labeled: bool
     staged: dict[str, tuple[Staging, dict, tuple[int, ...]]] = field(default_factory=dict)
-    # backbone -> (its finished staging, the settings to record, the shape of one feature)
+    # dataset -> (its finished staging, the settings to record, the shape of one feature)
 
 
 def commit_cache(path: Path, classes: tuple[str, ...], data_root: str, splits: list[SplitContent]) -> None:
     """Build the new cache beside the old one, from kept datasets and staged batches, then swap it in.
 
-    A split whose fingerprint is unchanged keeps the backbones already cached for it (other than the
-    ones restaged now); a changed split holds only what was staged for it.
+    A split whose fingerprint is unchanged keeps the datasets already cached for it (other than the
+    ones restaged now); a changed split holds only what was staged for it. A staged dataset with
+    rows that no batch covers is refused, so no row is ever a silent zero.
     """
     old = _open_previous(path)
     try:
@@ -255,14 +306,14 @@ def _write_split(out: h5py.File, old: h5py.File | None, content: SplitContent) -
     failures = _agreed_failures(content, previous)
     keep = np.array([row not in failures for row in range(len(content.paths))], dtype=bool)
     group = out.create_group(content.name)
-    group.attrs.update(fingerprint=content.fingerprint, labeled=bool(len(content.labels) and content.labels[0] >= 0))
+    group.attrs.update(fingerprint=content.fingerprint, labeled=content.labeled)
     group.create_dataset("paths", data=np.array(content.paths, dtype=object)[keep], dtype=_STR)
     group.create_dataset("labels", data=content.labels[keep], **_checksummed(int(keep.sum()), 8))
     group.create_dataset("skipped", data=[content.paths[r] for r in sorted(failures)], dtype=_STR)
     group.create_dataset("skipped_reasons", data=[failures[r] for r in sorted(failures)], dtype=_STR)
     if previous is not None:
         for name, item in previous.items():
-            if isinstance(item, h5py.Dataset) and "backbone" in item.attrs and name not in content.staged:
+            if _is_features(item) and name not in content.staged:
                 out.copy(item, group, name=name)
     new_row = np.cumsum(keep) - 1  # scanned row -> row in the cache
     for name, (staging, settings, shape) in content.staged.items():
@@ -270,9 +321,24 @@ def _write_split(out: h5py.File, old: h5py.File | None, content: SplitContent) -
         dataset = group.create_dataset(name, shape=(rows, *shape), dtype=np.float32,
                                        **_checksummed(rows, 4 * int(np.prod(shape)), shape))
         dataset.attrs.update(settings)
+        covered = np.zeros(len(content.paths), dtype=bool)
         for chunk in staging.chunks():
+            covered[chunk["rows"]] = covered[chunk["failed_rows"]] = True
             if len(chunk["rows"]):
                 dataset[new_row[chunk["rows"]]] = chunk["features"]
+        if not covered.all():  # HDF5 would fill them with zeros: never commit that
+            raise CacheError(
+                f"split {content.name}, {name}: rows {_ranges(np.flatnonzero(~covered))} of {len(covered)} were never "
+                f"staged in {staging.folder} (under torchrun every rank must write to one shared workdir); "
+                f"run the same command again to compute them"
+            )
+
+
+def _ranges(rows: np.ndarray) -> str:
+    """[0, 1, 2, 7] -> '0-2, 7'."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    parts = [f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}" for run in np.split(rows, breaks)]
+    return ", ".join(parts[:10]) + (", ..." if len(parts) > 10 else "")
 
 
 def _checksummed(rows: int, row_bytes: int, shape: tuple[int, ...] = ()) -> dict:
@@ -283,7 +349,7 @@ def _checksummed(rows: int, row_bytes: int, shape: tuple[int, ...] = ()) -> dict
 
 
 def _agreed_failures(content: SplitContent, previous: h5py.Group | None) -> dict[int, str]:
-    """Every backbone of a split must have skipped the same files, or rows would misalign."""
+    """Every dataset of a split must have skipped the same files, or rows would misalign."""
     row_of = {p: i for i, p in enumerate(content.paths)}
     seen: list[tuple[str, dict[int, str]]] = []
     if previous is not None:
@@ -363,19 +429,26 @@ class FeatureCache:
     def is_labeled(self, split: str) -> bool:
         return bool(self._group(split).attrs["labeled"])
 
-    def backbones(self, split: str) -> list[str]:
-        group = self._group(split)
-        return sorted(name for name, item in group.items() if isinstance(item, h5py.Dataset) and "backbone" in item.attrs)
+    def datasets(self, split: str) -> list[str]:
+        """Every feature dataset of the split: each backbone, and its mirrored view where extracted."""
+        return sorted(name for name, item in self._group(split).items() if _is_features(item))
 
-    def _dataset(self, split: str, backbone: str) -> h5py.Dataset:
+    def backbones(self, split: str) -> list[str]:
+        """The backbones with (plain-view) features for the split."""
         group = self._group(split)
-        if backbone not in group or "backbone" not in group[backbone].attrs:
+        return [name for name in self.datasets(split) if not group[name].attrs.get("view", "")]
+
+    def _dataset(self, split: str, name: str) -> h5py.Dataset:
+        group = self._group(split)
+        if name not in group or not _is_features(group[name]):
+            backbone, _, view = name.rpartition("_") if name.endswith("_hflip") else (name, "", "")
+            views = f" --views {view}" if view else ""
             raise CacheError(
-                f"backbone {backbone!r} has no features for split {split!r} in {self.path} "
-                f"(cached: {', '.join(self.backbones(split)) or 'none'}); "
-                f"run `cnnfeat extract --backbone {backbone}` with the same --workdir"
+                f"backbone {name!r} has no features for split {split!r} in {self.path} "
+                f"(cached: {', '.join(self.datasets(split)) or 'none'}); "
+                f"run `cnnfeat extract --backbone {backbone}{views}` with the same --workdir"
             )
-        return group[backbone]
+        return group[name]
 
     def _read(self, dataset: h5py.Dataset, rows: slice = slice(None)) -> np.ndarray:
         """Read, turning HDF5's checksum and I/O errors into what to do about them."""
@@ -410,16 +483,35 @@ class FeatureCache:
     def row_count(self, split: str, backbone: str) -> int:
         return int(self._dataset(split, backbone).shape[0])
 
-    def features(self, split: str, backbone: str, rows: slice = slice(None)) -> np.ndarray:
-        """The rows asked for (all by default) in memory, in the order of paths(split)."""
+    def features(self, split: str, backbone: str, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """The rows asked for (all by default, or ascending row numbers) in the order of paths(split)."""
         return self._read(self._dataset(split, backbone), rows)
 
+    def verify(self) -> list[str]:
+        """Read every byte of every dataset, checking its checksums; one line per damaged dataset."""
+        damaged = []
+        for split in self.splits:
+            for name, item in self._group(split).items():
+                if not isinstance(item, h5py.Dataset):
+                    continue
+                step = max(1, (64 << 20) // max(1, item.dtype.itemsize * int(np.prod(item.shape[1:]))))
+                try:
+                    for start in range(0, len(item), step):
+                        self._read(item, slice(start, start + step))
+                except CacheError as err:
+                    damaged.append(str(err))
+        return damaged
 
-def is_up_to_date(cache: FeatureCache | None, split: str, fingerprint: str, backbone: str, settings: dict) -> bool:
-    """True when the cache already holds this backbone's features for these exact files and settings."""
+
+def is_up_to_date(cache: FeatureCache | None, split: str, fingerprint: str, dataset: str, settings: dict) -> bool:
+    """True when the cache already holds this dataset's features for these exact files and settings."""
     if cache is None or split not in cache.splits or cache.fingerprint(split) != fingerprint:
         return False
-    if backbone not in cache.backbones(split):
+    if dataset not in cache.datasets(split):
         return False
-    recorded = cache.settings(split, backbone)
+    recorded = cache.settings(split, dataset)
     return all(recorded.get(k) == settings[k] for k in VALUE_SETTINGS)
+
+
+def _is_features(item: h5py.HLObject) -> bool:
+    return isinstance(item, h5py.Dataset) and "backbone" in item.attrs

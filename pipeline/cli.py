@@ -3,106 +3,96 @@
     cnnfeat extract --data data/digits --backbone all --workdir runs/digits
     cnnfeat train-head --workdir runs/digits
     cnnfeat ensemble --workdir runs/digits
-    cnnfeat predict --model ensemble --workdir runs/digits
+    cnnfeat predict --model best --workdir runs/digits
     cnnfeat run --data data/digits --workdir runs/digits        # all of the above
     cnnfeat info --workdir runs/digits
+
+Start-up imports only click and the torch-free settings modules; each command imports the stage
+code it runs when it runs, so `--help`, `--version`, `info` and `prepare` never load torch.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import os
 import sys
 import tomllib
+import traceback
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable
 
 import click
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
-from features import (
-    CacheError,
-    DataLayoutError,
-    ExtractConfig,
-    FeatureCache,
-    WeightsUnavailableError,
-    WorkdirBusyError,
-    cache_path,
-    extract,
-)
-from features import ExtractReport, get_backbone
-from features.backbones import POOLS, WEIGHTS
-from features.extract import DECODERS, DEVICES, PRECISIONS, ProgressFn, pending_extraction
-from features.prepare import DEFAULT_LABEL_PATTERN, PROBLEMS_FILE, PrepareConfig, prepare
+from features import (DECODERS, DEFAULT_LABEL_PATTERN, DEVICES, POOLS, PRECISIONS, VIEWS, CnnfeatError,
+                      ExtractConfig, PrepareConfig, WorkdirBusyError, __version__)
 
-from .predict import PredictConfig, PredictResult, predict
-from .report import TRAINING_CURVES, build_reports, reports_dir
-from .run import run_pipeline
-from .train import ENSEMBLE, HeadConfig, TrainResult, load_metrics, stale_heads, train_ensemble, train_linear_heads
+from .config import BEST, C_GRID, FLIP_SUFFIX, RUN_VIEWS, HeadConfig, PredictConfig
 
-# Errors that mean the user has something to fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, DataLayoutError, WeightsUnavailableError, CacheError, WorkdirBusyError, FileNotFoundError,
-               FileExistsError)
+log = logging.getLogger(__name__)
+
+# Exit statuses (README: "Exit status"): one meaning each, so scripts can act on them.
+EXIT_PROBLEM = 1  # something to fix; the message says what and which command to run
+EXIT_USAGE = 2  # click: a bad option or argument
+EXIT_BUSY = 3  # another cnnfeat process holds the workdir: retrying later can work
+EXIT_INTERNAL = 70  # a bug in cnnfeat (EX_SOFTWARE): the traceback is printed
+EXIT_INTERRUPTED = 130
+# OS errors a user fixes (a full disk, a read-only folder); any other exception is a bug
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
-def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn user errors into one clear message and a non-zero exit; Ctrl-C into a resume hint."""
+def handled(kept: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """cnnfeat's own errors as one clear line and a non-zero exit; Ctrl-C as a resume hint; bugs with
+    their traceback. `kept` says what a failed run of this command leaves behind."""
 
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            with logging_redirect_tqdm():
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
                 return command(*args, **kwargs)
-        except USER_ERRORS as err:
-            click.secho(f"error: {err}", fg="red", err=True)
-            sys.exit(2 if isinstance(err, WorkdirBusyError) else 1)
-        except OSError as err:  # a full disk, a read-only folder: nothing half-written was kept
-            click.secho(f"error: {err}", fg="red", err=True)
-            click.secho("nothing incomplete was kept and finished batches are; free space or fix the folder's "
-                        "permissions, then run the same command again", fg="red", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.secho(
-                "\ninterrupted: finished batches are kept; run the same command again to resume.",
-                fg="yellow",
-                err=True,
-            )
-            sys.exit(130)
+            except CnnfeatError as err:
+                click.secho(f"error: {err}", fg="red", err=True)
+                sys.exit(EXIT_BUSY if isinstance(err, WorkdirBusyError) else EXIT_PROBLEM)
+            except BrokenPipeError:  # the reader went away (`cnnfeat backbones | head`): nothing to say
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                sys.exit(EXIT_PROBLEM)
+            except OSError as err:
+                if err.errno not in ENVIRONMENT_ERRNOS:
+                    _internal_error()
+                click.secho(f"error: {err}", fg="red", err=True)
+                click.secho(f"{kept}; free space or fix the folder's permissions, then run the same command again",
+                            fg="red", err=True)
+                sys.exit(EXIT_PROBLEM)
+            except KeyboardInterrupt:
+                click.secho(f"\ninterrupted: {kept}; run the same command again to carry on.", fg="yellow", err=True)
+                sys.exit(EXIT_INTERRUPTED)
+            except Exception:  # noqa: BLE001 - anything else is a bug in cnnfeat
+                _internal_error()
 
-    return wrapper
+        return wrapper
+
+    return decorate
 
 
-class _SplitProgress:
-    """One tqdm bar per split in turn, showing images per second."""
+def _internal_error() -> None:
+    click.secho("internal error: this is a bug in cnnfeat, not in your data or settings; please report it "
+                "with the traceback below", fg="red", err=True)
+    traceback.print_exc()
+    sys.exit(EXIT_INTERNAL)
 
-    def __init__(self) -> None:
-        self.bar: tqdm | None = None
 
-    def __call__(self, split: str, advanced: int, total: int) -> None:
-        if self.bar is None:
-            self.bar = tqdm(total=total, desc=f"extract {split}", unit="img", dynamic_ncols=True)
-        self.bar.update(advanced)
-        if self.bar.n >= total:  # close now, so the bar's rate is not diluted by what comes next
-            self.close()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        self.bar = None
+BATCHES_KEPT = "finished batches are kept and nothing incomplete was written"
+NOTHING_HALF_WRITTEN = "nothing half-written was kept; earlier outputs are as they were"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, "--version", prog_name="cnnfeat")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 def main(verbose: bool) -> None:
-    """cnnfeat: frozen-CNN features, linear and ensemble heads, Kaggle submissions."""
+    """cnnfeat: frozen-CNN features, linear probes and ensembles, Kaggle submissions."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
-
-
-workdir_option = click.option(
-    "--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("cnnfeat-out"),
-    help="Where features.h5 and everything after it live.",
-)
 
 
 def options(*decorators: Callable[..., Any]) -> Callable[..., Any]:
@@ -116,183 +106,350 @@ def options(*decorators: Callable[..., Any]) -> Callable[..., Any]:
     return apply
 
 
-extract_options = options(
-    click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-                 help="Folder with one subfolder per split: train/<class>/*.jpg, valid/<class>/*.jpg, test/*.jpg."),
-    click.option("--weights", type=click.Choice(WEIGHTS), default="imagenet",
-                 help="imagenet: torchvision's pretrained weights; random: seeded, for smoke runs only."),
-    click.option("--pool", type=click.Choice(POOLS), default="avg", help="none stores the whole feature map."),
-    click.option("--image-size", type=int, default=299, help="Images are resized to this square size."),
-    click.option("--batch-size", "extract_batch_size", type=int, default=64, help="Images per forward pass."),
-    click.option("--workers", type=int, default=None, help="Decoding processes [default: from the core count]."),
-    click.option("--device", type=click.Choice(DEVICES), default="auto"),
-    click.option("--precision", type=click.Choice(tuple(PRECISIONS)), default="fp32"),
-    click.option("--decode", type=click.Choice(DECODERS), default="auto",
-                 help="device: JPEGs decoded and resized where the models run (nvJPEG on a GPU); auto: on a GPU only."),
-    click.option("--seed", type=int, default=0, help="Seed of --weights random, and of head training."),
-)
+def _floats(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[float, ...]:
+    if isinstance(value, (list, tuple)):
+        return tuple(float(v) for v in value)
+    try:
+        return tuple(float(v) for v in str(value).split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma list of numbers") from None
 
-training_options = options(
-    click.option("--train-split", default="train", help="Labeled split to fit on."),
-    click.option("--val-split", default="valid", help="Labeled split for early stopping and metrics."),
-    click.option("--epochs", type=int, default=200, help="At most; early stopping usually ends sooner."),
-    click.option("--lr", type=float, default=1e-3, help="Adam's learning rate."),
-    click.option("--weight-decay", type=float, default=0.0),
-    click.option("--patience", type=int, default=10, help="Epochs without a better validation loss before stopping."),
-    click.option("--dropout", type=float, default=None, help="[default: 0 for linear heads, 0.5 for the ensemble]"),
+
+def _views(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[str, ...]:
+    names = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v]
+    names = [n.strip() for n in names if n.strip() and n.strip() != "none"]
+    unknown = [n for n in names if n not in VIEWS]
+    if unknown:
+        raise click.BadParameter(f"unknown view(s) {unknown}; known: {', '.join(VIEWS)}, or none")
+    return tuple(names)
+
+
+workdir_option = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+                              default=ExtractConfig.workdir, help="Where features.h5 and everything after it live.")
+force_option = click.option("--force", is_flag=True, help="Redo even what is up to date.")
+device_option = click.option("--device", type=click.Choice(DEVICES), default=ExtractConfig.device)
+
+
+def extract_options(views_default: tuple[str, ...]) -> Callable[..., Any]:
+    return options(
+        click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+                     help="Folder with one subfolder per split: train/<class>/*.jpg, valid/<class>/*.jpg, test/*.jpg."),
+        click.option("--weights", default=ExtractConfig.weights,
+                     help="imagenet: each model's pretrained weights; random: seeded, for smoke runs only; "
+                          "or a weights name of the model (IMAGENET1K_V2, see `cnnfeat backbones`)."),
+        click.option("--pool", type=click.Choice(POOLS), default=ExtractConfig.pool, help="none stores the whole feature map."),
+        click.option("--image-size", type=int, default=ExtractConfig.image_size,
+                     help="Images are resized to this square size [default: 299 for the book's three, else each "
+                          "model's own]."),
+        click.option("--batch-size", "extract_batch_size", type=int, default=ExtractConfig.batch_size,
+                     help="Images per forward pass."),
+        click.option("--workers", type=int, default=ExtractConfig.workers,
+                     help="Decoding processes [default: from the core count]."),
+        device_option,
+        click.option("--precision", type=click.Choice(PRECISIONS), default=ExtractConfig.precision),
+        click.option("--decode", type=click.Choice(DECODERS), default=ExtractConfig.decode,
+                     help="device: JPEGs decoded and resized where the models run (nvJPEG on a GPU); auto: on a GPU only."),
+        click.option("--views", default=",".join(views_default) or "none", callback=_views,
+                     help="hflip: also store the features of each image mirrored left-right; none: not."),
+        click.option("--seed", type=int, default=ExtractConfig.seed, help="Seed of --weights random, and of the heads."),
+    )
+
+
+head_common_options = options(
+    click.option("--train-split", default=HeadConfig.train_split, help="Labeled split to fit on."),
+    click.option("--val-split", default=HeadConfig.val_split,
+                 help="Labeled split to choose and report on; without one, a share of train (--holdout)."),
+    click.option("--holdout", type=float, default=HeadConfig.holdout,
+                 help="Share of train held out when there is no --val-split."),
+    click.option("--folds", type=int, default=HeadConfig.folds,
+                 help="Out-of-fold predictions on train, for calibration and for choosing `best`."),
+    click.option("--calibrate/--no-calibrate", default=HeadConfig.calibrate,
+                 help="A temperature per model fitted on its out-of-fold predictions."),
+    click.option("--select/--no-select", default=HeadConfig.select,
+                 help="Build `best`, chosen on out-of-fold predictions among every trained model."),
+    click.option("--refit", is_flag=True, default=HeadConfig.refit,
+                 help="Retrain each model's chosen configuration on train + validation rows for the submission."),
 )
-hidden_option = click.option("--hidden", type=int, default=512, help="The ensemble's shared hidden size.")
+probe_options = options(
+    click.option("--c-grid", default=",".join(f"{c:g}" for c in C_GRID), callback=_floats,
+                 help="Inverse L2 strengths (scikit-learn's C) the linear probes are swept over."),
+    click.option("--max-iter", type=int, default=HeadConfig.max_iter, help="L-BFGS iterations per C at most."),
+    click.option("--flip/--no-flip", default=HeadConfig.flip,
+                 help="Also train +hflip models (both views, mean of both at prediction) where the cache has them."),
+)
+ensemble_options = options(
+    click.option("--epochs", type=int, default=HeadConfig.epochs, help="At most; early stopping usually ends sooner."),
+    click.option("--lr", type=float, default=HeadConfig.lr, help="Adam's learning rate."),
+    click.option("--weight-decay", type=float, default=HeadConfig.weight_decay),
+    click.option("--patience", type=int, default=HeadConfig.patience,
+                 help="Epochs without a better validation loss before stopping."),
+    click.option("--dropout", type=float, default=HeadConfig.dropout),
+    click.option("--hidden", type=int, default=HeadConfig.hidden, help="The ensemble's shared hidden size."),
+    click.option("--concat/--no-concat", default=HeadConfig.concat,
+                 help="Also a probe on all backbones' features concatenated."),
+)
 
 
 def head_batch_option(*names: str) -> Callable[..., Any]:
     """`run` has --batch-size for extraction, so there the head's is only --head-batch-size."""
-    return click.option("--head-batch-size", *names, "head_batch_size", type=int, default=64, help="Rows per training step.")
-
-
-force_option = click.option("--force", is_flag=True, help="Redo even what is up to date.")
-
-# train-head and ensemble: where no extraction option takes --batch-size
-head_training_options = options(
-    workdir_option,
-    training_options,
-    head_batch_option("--batch-size"),
-    click.option("--seed", type=int, default=0),
-    click.option("--device", type=click.Choice(DEVICES), default="auto"),
-    force_option,
-)
+    return click.option("--head-batch-size", *names, "head_batch_size", type=int, default=HeadConfig.batch_size,
+                        help="Rows per Adam step (the three-branch head).")
 
 
 def _extract_config(o: dict[str, Any], backbones: tuple[str, ...]) -> ExtractConfig:
     return ExtractConfig(data=o["data"], workdir=o["workdir"], backbones=backbones, weights=o["weights"],
                          pool=o["pool"], image_size=o["image_size"], batch_size=o["extract_batch_size"],
                          workers=o["workers"], device=o["device"], precision=o["precision"], decode=o["decode"],
-                         seed=o["seed"], force=o["force"])
+                         views=o["views"], seed=o["seed"], force=o["force"])
 
 
 def _head_config(o: dict[str, Any]) -> HeadConfig:
-    return HeadConfig(workdir=o["workdir"], train_split=o["train_split"], val_split=o["val_split"],
-                      epochs=o["epochs"], lr=o["lr"], batch_size=o["head_batch_size"], weight_decay=o["weight_decay"],
-                      patience=o["patience"], dropout=o["dropout"], hidden=o.get("hidden", HeadConfig.hidden), seed=o["seed"],
-                      device=o["device"], force=o["force"])
+    given = {**o, "batch_size": o.get("head_batch_size", HeadConfig.batch_size)}
+    return HeadConfig(**{f.name: given[f.name] for f in fields(HeadConfig) if f.name in given})
 
 
-def _extract_with_progress(run: Callable[[ProgressFn], Any]) -> Any:
-    progress = _SplitProgress()
+def _progress() -> Any:
+    from tqdm import tqdm
+
+    class SplitProgress:
+        """One tqdm bar per split in turn, showing images per second."""
+
+        bar: Any = None
+
+        def __call__(self, split: str, advanced: int, total: int) -> None:
+            if self.bar is None:
+                self.bar = tqdm(total=total, desc=f"extract {split}", unit="img", dynamic_ncols=True)
+            self.bar.update(advanced)
+            if self.bar.n >= total:  # close now, so the bar's rate is not diluted by what comes next
+                self.close()
+
+        def close(self) -> None:
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = None
+
+    return SplitProgress()
+
+
+def _with_progress(run: Callable[[Any], Any]) -> Any:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    progress = _progress()
     try:
-        return run(progress)
+        with logging_redirect_tqdm():
+            return run(progress)
     finally:
         progress.close()
 
 
 @main.command("extract")
 @click.option("--backbone", "backbones", multiple=True, default=("all",),
-              help="resnet34, inception, densenet121 (aliases resnet, inception_v3, densenet), comma lists, or all.")
+              help="all (the book's resnet34, inception, densenet121), any torchvision model (`cnnfeat backbones`), "
+                   "timm:<name>; comma lists, repeatable.")
 @workdir_option
-@extract_options
+@extract_options(())
 @force_option
-@user_errors
+@handled(BATCHES_KEPT)
 def extract_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 1: decode every image once, run the frozen backbones, cache the features in HDF5."""
-    report = _extract_with_progress(lambda progress: extract(_extract_config(o, backbones), progress=progress))
+    from features import extract
+
+    report = _with_progress(lambda progress: extract(_extract_config(o, backbones), progress=progress))
     if report.main:  # under torchrun, rank 0 speaks for all
         _print_extract(report)
 
 
-def _print_extract(report: ExtractReport) -> None:
+def _print_extract(report: Any) -> None:
     for split, skipped in report.skipped_files.items():
         click.echo(f"{split}: {len(skipped)} file(s) could not be decoded and are left out (see `cnnfeat info`)")
     if not report.computed:
         click.echo(f"Nothing to do: {report.cache} is up to date for {_pairs(report.up_to_date)}.")
         return
     ranks = f" by {len(report.images_per_rank)} ranks" if len(report.images_per_rank) > 1 else ""
+    built = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.build_seconds.items())
     click.echo(
         f"Extracted {_pairs(report.computed)}: {report.images_decoded} images{ranks} in {report.seconds:.1f} s "
-        f"({report.images_per_second:.1f} img/s) -> {report.cache}"
+        f"({report.images_per_second:.1f} img/s; models built in {built}) -> {report.cache}"
     )
     if report.up_to_date:
         click.echo(f"Already up to date: {_pairs(report.up_to_date)}.")
 
 
+def _pairs(pairs: list[tuple[str, str]]) -> str:
+    by_split: dict[str, list[str]] = {}
+    for split, backbone in pairs:
+        by_split.setdefault(split, []).append(backbone)
+    return "; ".join(f"{split}: {', '.join(names)}" for split, names in by_split.items())
+
+
 @main.command("train-head")
 @click.option("--backbone", "backbones", multiple=True, default=("all",),
-              help="Backbone(s) to fit a linear head on, or all that the cache has.")
-@head_training_options
-@user_errors
+              help="Backbone(s) to fit a linear probe on, or all that the cache has.")
+@workdir_option
+@head_common_options
+@probe_options
+@click.option("--seed", type=int, default=HeadConfig.seed)
+@device_option
+@force_option
+@handled(NOTHING_HALF_WRITTEN)
 def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
-    """Stage 2: a linear head per backbone on the cached features."""
-    results = train_linear_heads(_head_config(o), backbones)
-    _print_summary(o["workdir"], [r.name for r in results], results)
-    _write_reports(o["workdir"], o["device"], results)
+    """Stage 2: a linear probe per backbone, its L2 strength swept and chosen on validation rows."""
+    from .train import select_best, train_linear_heads
+
+    cfg = _head_config(o)
+    results = train_linear_heads(cfg, backbones)
+    if cfg.select:
+        results.append(select_best(cfg))
+    _after_training(cfg.workdir, results)
 
 
 @main.command("ensemble")
 @click.option("--backbones", "backbones", multiple=True, default=("all",),
               help="Two or more backbones (comma list or repeated), or all that the cache has.")
-@head_training_options
-@hidden_option
-@user_errors
+@workdir_option
+@head_common_options
+@probe_options
+@ensemble_options
+@head_batch_option("--batch-size")
+@click.option("--seed", type=int, default=HeadConfig.seed)
+@device_option
+@force_option
+@handled(NOTHING_HALF_WRITTEN)
 def ensemble_command(backbones: tuple[str, ...], **o: Any) -> None:
-    """Stage 3: the three-branch ensemble head on the cached features."""
-    result = train_ensemble(_head_config(o), backbones)
-    _print_summary(o["workdir"], [*result.metrics.get("single_heads", {}), ENSEMBLE], [result])
-    _write_reports(o["workdir"], o["device"], [result])
+    """Stage 3: the book's three-branch head and the concatenation probe, then `best` among every model."""
+    from .train import select_best, train_concat, train_ensemble
+
+    cfg = _head_config(o)
+    results = [train_ensemble(cfg, backbones)]
+    if cfg.concat:
+        results = train_concat(cfg, backbones) + results
+    if cfg.select:
+        results.append(select_best(cfg))
+    _after_training(cfg.workdir, results)
+
+
+def _after_training(workdir: Path, results: list[Any]) -> None:
+    """The summary table, written and shown; the reports, rebuilt when a model changed."""
+    from .report import TRAINING_CURVES, build_reports, reports_dir
+    from .train import write_summary
+
+    write_summary(workdir)
+    _print_summary(workdir, {r.name: r.trained for r in results})
+    if any(r.trained for r in results) or not (reports_dir(workdir) / TRAINING_CURVES).exists():
+        report = build_reports(workdir)
+        for name, why in report.skipped:
+            click.echo(f"  (report leaves out {name}: {why})")
+        click.echo(f"reports: {reports_dir(workdir)} (training curves, a confusion matrix per model; "
+                   f"`cnnfeat report` compares them)")
+
+
+def _print_summary(workdir: Path, fresh: dict[str, bool]) -> None:
+    """One screen: each model's validation accuracy and log loss, and what `best` is made of."""
+    import csv
+
+    from .train import SUMMARY
+    from .status import metrics_dir
+
+    with open(metrics_dir(workdir) / SUMMARY, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["model"] in fresh]
+    click.echo(f"\n{'model':<22} {'val acc':>8} {'log loss':>9} {'uncalib.':>9} {'T':>6}  chosen")
+    for r in rows:
+        note = "" if fresh[r["model"]] else "  (up to date)"
+        weight = float(r["weight"])
+        chosen = "yes" if r["model"] == BEST else (f"{weight:.2f} of best" if weight else "")
+        uncalibrated = f"{float(r['val_log_loss_uncalibrated']):9.4f}" if r["val_log_loss_uncalibrated"] else f"{'':9}"
+        click.echo(f"{r['model']:<22} {float(r['val_accuracy']):8.4f} {float(r['val_log_loss']):9.4f} {uncalibrated} "
+                   f"{float(r['temperature']):6.2f}  {chosen}{note}")
 
 
 @main.command("predict")
-@click.option("--model", default=ENSEMBLE, help="ensemble, or a backbone name for its linear head.")
+@click.option("--model", default=PredictConfig.model,
+              help="best, ensemble, concat, a backbone name (its linear probe), or any of those + '+hflip'.")
 @workdir_option
-@click.option("--split", default="test", help="The split to predict.")
+@click.option("--split", default=PredictConfig.split, help="The split to predict.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="[default: <workdir>/submission.csv]")
 @click.option("--kaggle-binary", is_flag=True, help="Write id,label with label = probability of the second class.")
-@click.option("--clip", type=float, default=None, help="Clip probabilities to [clip, 1-clip] (log-loss safety).")
-@click.option("--device", type=click.Choice(DEVICES), default="auto")
+@click.option("--clip", type=float, default=PredictConfig.clip, help="Clip probabilities to [clip, 1-clip] (log-loss safety).")
+@device_option
 @force_option
-@user_errors
+@handled(NOTHING_HALF_WRITTEN)
 def predict_command(model: str, **o: Any) -> None:
-    """Stage 4: a Kaggle submission CSV from a trained head."""
-    name = model if model == ENSEMBLE else get_backbone(model).name
-    result = predict(PredictConfig(model=name, **o))
-    _print_prediction(name, o["split"], result)
+    """Stage 4: a Kaggle submission CSV, a row for every file of the split."""
+    from .predict import predict
+
+    name = _model_name(o["workdir"], model)
+    _print_prediction(name, o["split"], predict(PredictConfig(model=name, **o)))
 
 
-def _print_prediction(model: str, split: str, result: PredictResult) -> None:
+def _model_name(workdir: Path, name: str) -> str:
+    """A saved model's file name as given; else a backbone alias (resnet -> resnet34) resolved."""
+    from .status import heads_dir
+
+    if (heads_dir(workdir) / f"{name}.pt").exists():
+        return name
+    from features import get_backbone
+
+    base, plus, suffix = name.partition("+")
+    try:
+        return get_backbone(base).name + plus + suffix
+    except CnnfeatError:
+        return name
+
+
+def _print_prediction(model: str, split: str, result: Any) -> None:
     state = "wrote" if result.written else "up to date:"
-    click.echo(f"{model} on {split}: {state} {result.path} ({result.rows} rows)")
+    fallback = f", {len(result.fallback)} of them undecodable (class frequencies)" if result.fallback else ""
+    click.echo(f"{model} on {split}: {state} {result.path} ({result.rows} rows{fallback})")
+    if result.fallback:
+        names = ", ".join(result.fallback[:5]) + (", ..." if len(result.fallback) > 5 else "")
+        click.secho(f"warning: {len(result.fallback)} file(s) could not be decoded and got the training split's class "
+                    f"frequencies: {names}", fg="yellow", err=True)
     if result.accuracy is not None:
-        click.echo(f"  accuracy {result.accuracy:.4f}, log loss {result.log_loss:.4f}")
+        click.echo(f"  accuracy {result.accuracy:.4f}, log loss {result.log_loss:.4f} (on the decoded files)")
 
 
 @main.command("run", context_settings={"show_default": True})
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), is_eager=True,
               expose_value=False, callback=lambda ctx, param, value: _load_toml(ctx, value),
-              help="TOML file of settings, keys named like the options; options given here win.")
+              help="TOML file of settings, keys named like the options (paths relative to the file); "
+                   "options given here win.")
+@click.option("--backbones", "backbones", multiple=True, default=("all",),
+              help="all (the book's three), or any backbones as for `extract --backbone`.")
 @workdir_option
-@extract_options
-@training_options
+@extract_options(RUN_VIEWS)
+@head_common_options
+@probe_options
+@ensemble_options
 @head_batch_option()
-@hidden_option
 @click.option("--kaggle-binary", is_flag=True, help="Predict as id,label (two classes).")
-@click.option("--clip", type=float, default=None, help="Clip predicted probabilities to [clip, 1-clip].")
+@click.option("--clip", type=float, default=PredictConfig.clip, help="Clip predicted probabilities to [clip, 1-clip].")
 @force_option
-@user_errors
-def run_command(**o: Any) -> None:
-    """Every stage in order: extract (all backbones), heads, ensemble, predict."""
-    extract_cfg = _extract_config(o, ("all",))
+@handled(BATCHES_KEPT)
+def run_command(backbones: tuple[str, ...], **o: Any) -> None:
+    """Every stage in order: extract (with mirrored views), probes, ensemble and concat, best, predict."""
+    from .run import run_pipeline
+
+    extract_cfg, head_cfg = _extract_config(o, backbones), _head_config(o)
     predict_cfg = PredictConfig(workdir=o["workdir"], kaggle_binary=o["kaggle_binary"], clip=o["clip"],
                                 device=o["device"], force=o["force"])
-    report = _extract_with_progress(lambda progress: run_pipeline(extract_cfg, _head_config(o), predict_cfg, progress))
+    report = _with_progress(lambda progress: run_pipeline(extract_cfg, head_cfg, predict_cfg, progress))
     if not report.extract.main:  # under torchrun, rank 0 trains, predicts and speaks for all
         return
     _print_extract(report.extract)
-    _print_summary(o["workdir"], [r.name for r in report.heads], report.heads)
-    _write_reports(o["workdir"], o["device"], report.heads)
+    _after_training(head_cfg.workdir, report.heads)
     if report.prediction is not None:
         _print_prediction(report.predicted_with, predict_cfg.split, report.prediction)
 
 
+PATH_SETTINGS = ("data", "workdir")
+
+
 def _load_toml(ctx: click.Context, path: Path | None) -> None:
-    """Settings from a TOML file become the command's defaults, so options on the command line win."""
+    """Settings from a TOML file become the command's defaults, so options on the command line win.
+
+    Relative paths in the file are relative to the file's folder, as with most tools' config files.
+    """
     if path is None:
         return
     try:
@@ -306,52 +463,33 @@ def _load_toml(ctx: click.Context, path: Path | None) -> None:
         name = aliases.get(key.replace("-", "_"), key.replace("-", "_"))
         if name not in known or name == "config":
             raise click.BadParameter(f"{path}: unknown setting {key!r}; use the names of `cnnfeat run --help` options")
+        if name in PATH_SETTINGS and isinstance(value, str):
+            value = str(path.parent / value)
+        elif isinstance(value, list) and not getattr(known[name], "multiple", False):
+            value = ",".join(map(str, value))  # c-grid = [0.01, 1.0] as on the command line
         defaults[name] = value
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
 
 
-def _print_summary(workdir: Path, names: list[str], results: list[TrainResult]) -> None:
-    """One screen: each model's validation accuracy and log loss (Kaggle's Dogs vs Cats metric)."""
-    fresh = {r.name: r.trained for r in results}
-    metrics = {m["model"]: m for m in load_metrics(workdir)}
-    click.echo(f"\n{'model':<14} {'val acc':>8} {'val log loss':>13} {'best epoch':>11}  ")
-    for name in names:
-        if name in metrics:
-            m = metrics[name]
-            note = "" if fresh.get(name, True) else "(up to date)"
-            click.echo(f"{name:<14} {m['val_accuracy']:8.4f} {m['val_log_loss']:13.4f} "
-                       f"{m['best_epoch']:>5}/{m['epochs']:<5}  {note}")
-
-
-def _write_reports(workdir: Path, device: str, results: list[TrainResult]) -> None:
-    """After training; when no head changed, the reports already on disk are current."""
-    if not any(r.trained for r in results) and (reports_dir(workdir) / TRAINING_CURVES).exists():
-        return
-    build_reports(workdir, device)
-    click.echo(f"reports: {reports_dir(workdir)} (training curves, a confusion matrix per model; `cnnfeat report` compares them)")
-
-
 @main.command("report")
 @workdir_option
-@click.option("--device", type=click.Choice(DEVICES), default="auto")
-@user_errors
-def report_command(workdir: Path, device: str) -> None:
-    """Rebuild reports/ (training curves, confusion matrices) and compare every trained model."""
-    rows = build_reports(workdir, device)
+@handled(NOTHING_HALF_WRITTEN)
+def report_command(workdir: Path) -> None:
+    """Rebuild reports/ (training curves, confusion matrices) and compare every up-to-date model."""
+    from .report import build_reports, reports_dir
+
+    report = build_reports(workdir)
     click.echo(f"reports: {reports_dir(workdir)}")
-    click.echo(f"\n{'model':<14} {'split':<8} {'accuracy':>9} {'log loss':>9} {'best epoch':>11}")
+    for name, why in report.skipped:
+        click.echo(f"  left out {name}: {why}")
+    rows = report.models
+    click.echo(f"\n{'model':<22} {'accuracy':>9} {'log loss':>9}  chosen on {rows[0].split if rows else 'validation'}")
     for r in rows:
-        click.echo(f"{r.model:<14} {r.split:<8} {r.accuracy:9.4f} {r.log_loss:9.4f} {r.best_epoch:>5}/{r.epochs:<5}")
-    click.echo(f"\nrecall per class {'':<4}" + "".join(f"{r.model:>14}" for r in rows))
-    for name in rows[0].recall:
-        click.echo(f"{name:<21}" + "".join(f"{r.recall[name]:14.3f}" for r in rows))
-
-
-def _pairs(pairs: list[tuple[str, str]]) -> str:
-    by_split: dict[str, list[str]] = {}
-    for split, backbone in pairs:
-        by_split.setdefault(split, []).append(backbone)
-    return "; ".join(f"{split}: {', '.join(names)}" for split, names in by_split.items())
+        click.echo(f"{r.model:<22} {r.accuracy:9.4f} {r.log_loss:9.4f}  {r.chosen}")
+    if rows:
+        click.echo(f"\nrecall per class {'':<5}" + "".join(f"{r.model[:13]:>14}" for r in rows))
+        for name in rows[0].recall:
+            click.echo(f"{name[:21]:<22}" + "".join(f"{r.recall[name]:14.3f}" for r in rows))
 
 
 @main.command("prepare")
@@ -362,16 +500,18 @@ def _pairs(pairs: list[tuple[str, str]]) -> str:
               help=f"Label = first group of this regex on the file name [flag alone: {DEFAULT_LABEL_PATTERN}].")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="CSV with an id and a label column.")
-@click.option("--id-column", default="id", help="The CSV's column of ids (file names, with or without extension).")
-@click.option("--label-column", default="label", help="The CSV's column of labels.")
+@click.option("--id-column", default=PrepareConfig.id_column, help="The CSV's column of ids (file names, with or without extension).")
+@click.option("--label-column", default=PrepareConfig.label_column, help="The CSV's column of labels.")
 @click.option("--test", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Flat folder of unlabeled images.")
-@click.option("--val-fraction", type=float, default=0.08, help="Stratified share of train that becomes valid/ (0: none).")
-@click.option("--seed", type=int, default=0)
+@click.option("--val-fraction", type=float, default=PrepareConfig.val_fraction, help="Stratified share of train that becomes valid/ (0: none).")
+@click.option("--seed", type=int, default=PrepareConfig.seed)
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
-@user_errors
+@handled("nothing was made: --out is as it was")
 def prepare_command(**o: Any) -> None:
     """Turn a raw Kaggle download into train/<class>/, valid/<class>/ and test/, without copying images."""
+    from features import PROBLEMS_FILE, prepare
+
     report = prepare(PrepareConfig(**o))
     counts = ", ".join(f"{split} {n}" for split, n in report.counts.items())
     click.echo(f"{report.out}: {counts} images, {len(report.classes)} classes ({', '.join(report.classes[:10])}"
@@ -385,9 +525,14 @@ def prepare_command(**o: Any) -> None:
 
 @main.command("info")
 @workdir_option
-@user_errors
-def info_command(workdir: Path) -> None:
+@click.option("--verify", is_flag=True, help="Also read every stored byte, checking the checksums.")
+@handled(NOTHING_HALF_WRITTEN)
+def info_command(workdir: Path, verify: bool) -> None:
     """Show what the feature cache holds, and what the next `cnnfeat run` would redo."""
+    from features import FeatureCache, cache_path, pending_extraction
+
+    from .status import stale_models
+
     with FeatureCache(cache_path(workdir)) as cache:
         click.echo(f"cache:   {cache.path}")
         click.echo(f"data:    {cache.data_root}")
@@ -396,21 +541,43 @@ def info_command(workdir: Path) -> None:
             kind = "labeled" if cache.is_labeled(split) else "unlabeled"
             skipped = cache.skipped(split)
             click.echo(f"\n{split}: {len(cache.paths(split))} images, {kind}, {len(skipped)} skipped")
-            for backbone in cache.backbones(split):
-                s = cache.settings(split, backbone)
-                shape = "x".join(map(str, cache.feature_shape(split, backbone)))
-                click.echo(
-                    f"  {backbone:<12} {shape:>10}  weights={s['weights']} pool={s['pool']} "
-                    f"image_size={s['image_size']} precision={s['precision']} layer={s['layer']}"
-                )
+            for dataset in cache.datasets(split):
+                s = cache.settings(split, dataset)
+                shape = "x".join(map(str, cache.feature_shape(split, dataset)))
+                click.echo(f"  {dataset:<16} {shape:>10}  weights={s['weights']} pool={s['pool']} "
+                           f"image_size={s['image_size']} precision={s['precision']} layer={s.get('layer', '?')}")
             for path, reason in skipped:
                 click.echo(f"  skipped {path}: {reason}")
+        damaged = cache.verify() if verify else []
         pending = pending_extraction(cache)
-        stale = stale_heads(cache, workdir, {(split, backbone) for split, backbone, _ in pending})
+        stale = stale_models(cache, workdir, {(split, dataset) for split, dataset, _ in pending})
+    if verify:
+        click.echo("\nverify: every dataset reads back and matches its checksums" if not damaged else "\nverify:")
+        for line in damaged:
+            click.secho(f"  {line}", fg="red")
     click.echo("\nthe next `cnnfeat run` with the same settings would:")
-    if not pending and not stale:
+    if not pending and not stale and not damaged:
         click.echo("  do nothing: everything is up to date")
-    for split, backbone, why in pending:
-        click.echo(f"  extract {split}/{backbone}: {why}")
+    if damaged:
+        click.echo("  fail on the damaged datasets: rebuild with `cnnfeat extract --force`")
+    for split, dataset, why in pending:
+        click.echo(f"  extract {split}/{dataset}: {why}")
     for name, why in stale:
         click.echo(f"  train {name}: {why}")
+    if damaged:
+        sys.exit(EXIT_PROBLEM)
+
+
+@main.command("backbones")
+@click.option("--all", "show_all", is_flag=True, help="Also the models cnnfeat cannot take (no final Linear).")
+@handled(NOTHING_HALF_WRITTEN)
+def backbones_command(show_all: bool) -> None:
+    """List the backbones: the book's three and every torchvision classification model."""
+    from features import catalog
+
+    click.echo(f"{'backbone':<22} {'feature':>8} {'size':>5}  weights (--weights)")
+    for entry in catalog():
+        if entry.feature_dim or show_all:
+            dim = str(entry.feature_dim) if entry.feature_dim else "none"
+            click.echo(f"{entry.name:<22} {dim:>8} {entry.image_size:>5}  {', '.join(entry.weights)}")
+    click.echo("\nand timm:<model> for any timm model when timm is installed (pip install 'cnnfeat[timm]').")

@@ -1,22 +1,31 @@
-"""Heads on cached features: a linear head per backbone, and the book's three-branch ensemble.
+"""Heads on cached features, and the saved models built from them.
 
-Both take {backbone: features} and standardise each input with statistics of the training split
-that live in the module's buffers, so a saved state dict is all that prediction needs.
+A head takes {backbone: features} and standardises each input with statistics of its training
+rows, kept in its buffers. Two kinds:
 
-    head = build_head("ensemble", {"resnet34": 512, "inception": 2048, "densenet121": 1024}, n_classes=2)
-    logits = head({"resnet34": r, "inception": i, "densenet121": d})
+    LinearHead    one Linear on one or more backbones' standardised features side by side
+                  (logistic regression: a linear probe; on several backbones, the concatenation head)
+    EnsembleHead  the book's three-branch head: a Linear per backbone into a shared space, summed,
+                  dropout, a Linear to the classes
+
+A saved model is a head with the views it averages (plain, or plain and mirrored) and its
+temperature, or a weighted blend of such models (`best`). Files load with weights_only=True.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
-from features.store import atomic_output
+from features import HeadError, atomic_output
+
+from .config import HEAD_FORMAT
 
 
 class Standardize(nn.Module):
@@ -41,28 +50,31 @@ class FeatureHead(nn.Module):
     def __init__(self, feature_dims: Mapping[str, int]) -> None:
         super().__init__()
         if not feature_dims:
-            raise ValueError("a head needs at least one backbone's features")
+            raise HeadError("a head needs at least one backbone's features")
         self.backbones = tuple(feature_dims)
         self.scalers = nn.ModuleDict({name: Standardize(dim) for name, dim in feature_dims.items()})
 
     def standardized(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: self.scalers[name](inputs[name]) for name in self.backbones}
 
+    def set_stats(self, stats: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for name, (mean, std) in stats.items():
+            self.scalers[name].set_stats(mean, std)
+
 
 class LinearHead(FeatureHead):
-    """Dropout (the book used it for Inception) then one Linear: logistic regression on features."""
+    """Logistic regression on the standardised features of one or more backbones, side by side."""
 
-    def __init__(self, feature_dims: Mapping[str, int], n_classes: int, dropout: float = 0.0) -> None:
+    def __init__(self, feature_dims: Mapping[str, int], n_classes: int) -> None:
         super().__init__(feature_dims)
-        if len(feature_dims) != 1:
-            raise ValueError(f"a linear head takes one backbone, not {list(feature_dims)}; use the ensemble")
-        (dim,) = feature_dims.values()
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(dim, n_classes)
+        self.fc = nn.Linear(sum(feature_dims.values()), n_classes)
+
+    def design(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(N, D) standardised features, the backbones' side by side: what fc sees."""
+        return torch.cat(list(self.standardized(inputs).values()), dim=1)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        (x,) = self.standardized(inputs).values()
-        return self.fc(self.dropout(x))
+        return self.fc(self.design(inputs))
 
 
 class EnsembleHead(FeatureHead):
@@ -71,7 +83,7 @@ class EnsembleHead(FeatureHead):
     def __init__(self, feature_dims: Mapping[str, int], n_classes: int, hidden: int = 512, dropout: float = 0.5) -> None:
         super().__init__(feature_dims)
         if len(feature_dims) < 2:
-            raise ValueError(f"the ensemble needs two or more backbones, not {list(feature_dims)}")
+            raise HeadError(f"the ensemble needs two or more backbones, not {list(feature_dims)}")
         self.branches = nn.ModuleDict({name: nn.Linear(dim, hidden) for name, dim in feature_dims.items()})
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden, n_classes)
@@ -85,46 +97,93 @@ HEADS: dict[str, type[FeatureHead]] = {"linear": LinearHead, "ensemble": Ensembl
 
 
 def build_head(kind: str, feature_dims: Mapping[str, int], n_classes: int, **params: float) -> FeatureHead:
-    """A head by kind; params are the kind's own options (dropout, hidden)."""
+    """A head by kind; params are the kind's own options (hidden, dropout)."""
     if kind not in HEADS:
-        raise ValueError(f"unknown head kind {kind!r}; known: {', '.join(HEADS)}")
+        raise HeadError(f"unknown head kind {kind!r}; known: {', '.join(HEADS)}")
     return HEADS[kind](dict(feature_dims), n_classes, **params)
 
 
-def predict_proba(head: FeatureHead, batches: Iterable[tuple[dict[str, torch.Tensor], Any]], device: torch.device) -> np.ndarray:
-    """Class probabilities, (N, n_classes) float64, in batch order; eval mode, no gradients."""
+def head_logits(head: FeatureHead, table: Any, device: torch.device, batch_size: int = 4096) -> torch.Tensor:
+    """(N, classes) float64 logits of a head on a data.FeatureTable, in its row order; eval mode, no gradients."""
     head.eval()
     chunks = []
     with torch.inference_mode():
-        for inputs, _ in batches:
-            logits = head({name: x.to(device, non_blocking=True) for name, x in inputs.items()})
-            chunks.append(torch.softmax(logits.double(), dim=1).cpu())
-    return torch.cat(chunks).numpy() if chunks else np.empty((0, head.fc.out_features))
+        for inputs, _ in table.batches(batch_size):
+            chunks.append(head({name: x.to(device, non_blocking=True) for name, x in inputs.items()}).double().cpu())
+    return torch.cat(chunks) if chunks else torch.empty(0, head.fc.out_features, dtype=torch.float64)
 
 
-def save_head(path: Path, head: FeatureHead, kind: str, params: Mapping[str, float], meta: Mapping[str, Any]) -> None:
-    """Weights plus all that prediction needs, as plain tensors and containers (weights_only loadable)."""
-    checkpoint = {
-        "kind": kind,
-        "params": dict(params),
-        "feature_dims": {name: scaler.mean.numel() for name, scaler in head.scalers.items()},
-        "n_classes": head.fc.out_features,
-        "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()},
-        "meta": dict(meta),
-    }
+@dataclass
+class Classifier:
+    """A trained head as predict uses it: the views whose probabilities it averages, and its temperature."""
+
+    kind: str
+    head: FeatureHead
+    params: dict[str, Any] = field(default_factory=dict)
+    views: tuple[str, ...] = ("",)  # "" the plain features, "hflip" the mirrored ones
+    temperature: float = 1.0
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "params": dict(self.params), "views": list(self.views), "temperature": self.temperature,
+            "feature_dims": {name: scaler.mean.numel() for name, scaler in self.head.scalers.items()},
+            "n_classes": self.head.fc.out_features,
+            "state_dict": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
+        }
+
+    @staticmethod
+    def from_checkpoint(saved: Mapping[str, Any]) -> "Classifier":
+        head = build_head(saved["kind"], saved["feature_dims"], saved["n_classes"], **saved["params"])
+        head.load_state_dict(saved["state_dict"])
+        return Classifier(saved["kind"], head.eval(), dict(saved["params"]), tuple(saved["views"]),
+                          float(saved["temperature"]))
+
+
+@dataclass
+class Blend:
+    """A weighted average of classifiers' calibrated probabilities, then a temperature of its own."""
+
+    members: list[tuple[float, Classifier]]
+    temperature: float = 1.0
+    kind: str = "selection"
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {"kind": self.kind, "temperature": self.temperature,
+                "members": [{"weight": weight, "model": member.checkpoint()} for weight, member in self.members]}
+
+    @staticmethod
+    def from_checkpoint(saved: Mapping[str, Any]) -> "Blend":
+        return Blend([(float(m["weight"]), Classifier.from_checkpoint(m["model"])) for m in saved["members"]],
+                     float(saved["temperature"]))
+
+
+Model = Classifier | Blend
+
+
+def save_model(path: Path, model: Model, meta: Mapping[str, Any], extra: Mapping[str, torch.Tensor] | None = None) -> None:
+    """heads/<name>.pt (plain tensors and containers) and heads/<name>.json, which `cnnfeat info`
+    reads without torch; the JSON holds the .pt's SHA-256, so a damaged .pt is known without loading it."""
+    checkpoint = {"format": HEAD_FORMAT, **model.checkpoint(), "meta": dict(meta), **(extra or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
         torch.save(checkpoint, tmp)
+    sidecar = {"format": HEAD_FORMAT, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+               **{k: meta[k] for k in ("name", "kind", "inputs_key", "key_inputs", "members", "val_split") if k in meta}}
+    with atomic_output(path.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
 
 
-def load_head(path: Path) -> tuple[FeatureHead, dict[str, Any]]:
-    """Rebuild a saved head; never unpickles code (weights_only=True)."""
+def load_model(path: Path) -> tuple[Model, dict[str, Any], dict[str, Any]]:
+    """(model, meta, the whole checkpoint); never unpickles code (weights_only=True)."""
     if not path.exists():
-        raise FileNotFoundError(f"no trained head at {path}; train it first with `cnnfeat train-head` or `cnnfeat ensemble`")
+        raise HeadError(f"no trained model at {path}; train it first with `cnnfeat train-head`, "
+                        f"`cnnfeat ensemble` or `cnnfeat run`")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        head = build_head(checkpoint["kind"], checkpoint["feature_dims"], checkpoint["n_classes"], **checkpoint["params"])
-        head.load_state_dict(checkpoint["state_dict"])
-    except Exception as err:  # noqa: BLE001 - any failure here means the file is not a usable head
-        raise ValueError(f"{path} is not a loadable cnnfeat head ({type(err).__name__}: {err}); retrain it") from err
-    return head.eval(), checkpoint["meta"]
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("format") != HEAD_FORMAT:
+            raise ValueError(f"saved in format {saved.get('format')}, this cnnfeat reads {HEAD_FORMAT}")
+        model = Blend.from_checkpoint(saved) if saved["kind"] == "selection" else Classifier.from_checkpoint(saved)
+    except Exception as err:  # noqa: BLE001 - any failure here means the file is not a usable model
+        raise HeadError(f"{path} is not a loadable cnnfeat model ({type(err).__name__}: {err}); "
+                        f"retrain it (`cnnfeat run`, or the stage that made it, with --force)") from err
+    return model, saved["meta"], saved

@@ -1,27 +1,25 @@
 """Reports people can look at: training curves and confusion matrices as PNGs, and a comparison table.
 
     from pipeline.report import build_reports
-    rows = build_reports("runs/dvc")    # writes runs/dvc/reports/*.png; one row per trained model
+    report = build_reports("runs/dvc")    # writes runs/dvc/reports/*.png; one row per up-to-date model
 
-Everything comes from what training saved (metrics/, heads/) and the feature cache; nothing is retrained.
+Everything comes from what training saved (metrics/<name>.json, -history.csv, -valid.csv):
+nothing is retrained or re-predicted, and no torch is loaded. A model whose inputs changed since
+it was trained is left out, with a note, rather than shown with numbers that no longer hold.
 """
 
 from __future__ import annotations
 
+import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from matplotlib.figure import Figure
-from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, log_loss
 
-from features import CacheError
-from features.store import atomic_output
+from features import CacheError, FeatureCache, HeadError, atomic_output, cache_path
 
-from .predict import class_probabilities
-from .train import heads_dir, metrics_dir
+from .status import metrics_dir, staleness, trained_models
 
 TRAINING_CURVES = "training_curves.png"
 
@@ -29,70 +27,124 @@ TRAINING_CURVES = "training_curves.png"
 @dataclass
 class ModelReport:
     model: str
-    split: str  # the validation split the numbers are on
+    split: str  # the validation rows the numbers are on
     accuracy: float
     log_loss: float
     recall: dict[str, float]  # per class
-    best_epoch: int
-    epochs: int
+    chosen: str  # what was chosen on those rows: "C=0.1", "epoch 12 of 22", "2 members"
+
+
+@dataclass
+class Report:
+    models: list[ModelReport] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (model, why it is left out)
 
 
 def reports_dir(workdir: Path) -> Path:
     return Path(workdir) / "reports"
 
 
-def build_reports(workdir: Path, device: str = "auto") -> list[ModelReport]:
-    """(Re)write every model's confusion matrix and the page of training curves; one row per model."""
+def build_reports(workdir: Path) -> Report:
+    """(Re)write every up-to-date model's confusion matrix and the page of training curves."""
     workdir = Path(workdir)
-    names = sorted(p.stem for p in heads_dir(workdir).glob("*.pt")) if heads_dir(workdir).is_dir() else []
+    names = trained_models(workdir)
     if not names:
-        raise FileNotFoundError(f"no trained head in {heads_dir(workdir)}; run `cnnfeat train-head` or `cnnfeat run` first")
+        raise HeadError(f"no trained model in {metrics_dir(workdir)}; run `cnnfeat train-head` or `cnnfeat run` first")
+    report = Report()
+    stale = _stale(workdir, names)
     folder = reports_dir(workdir)
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [_model_report(workdir, name, device) for name in names]
-    _save(_training_curves(workdir, rows), folder / TRAINING_CURVES)
-    return rows
+    for name in names:
+        if stale.get(name):
+            report.skipped.append((name, stale[name]))
+            continue
+        try:
+            report.models.append(_model_report(workdir, name))
+        except (OSError, ValueError, KeyError) as err:
+            report.skipped.append((name, f"its metrics are incomplete ({type(err).__name__}: {err}); retrain it"))
+    _save(_training_curves(workdir, [m.model for m in report.models]), folder / TRAINING_CURVES)
+    return report
 
 
-def _model_report(workdir: Path, name: str, device: str) -> ModelReport:
+def _stale(workdir: Path, names: list[str]) -> dict[str, str]:
+    try:
+        with FeatureCache(cache_path(workdir)) as cache:
+            return {name: staleness(cache, workdir, name) for name in names}
+    except CacheError:  # no cache to compare with: show what training measured
+        return {}
+
+
+def _model_report(workdir: Path, name: str) -> ModelReport:
     metrics = json.loads((metrics_dir(workdir) / f"{name}.json").read_text())
-    split = metrics["val_split"]
-    probs = class_probabilities(workdir, name, split, device)
-    if not (len(probs.labels) and (probs.labels >= 0).all()):
-        raise CacheError(f"split {split!r} has no labels; a report needs the labeled validation split")
-    predicted = probs.proba.argmax(1)
-    accuracy = float((predicted == probs.labels).mean())
-    classes = list(probs.classes)
-    matrix = confusion_matrix(probs.labels, predicted, labels=range(len(classes)))
+    classes = list(metrics["classes"])
+    rows = list(csv.reader((metrics_dir(workdir) / f"{name}-valid.csv").read_text().splitlines()))[1:]
+    labels = np.array([classes.index(row[1]) for row in rows])
+    proba = np.array([[float(v) for v in row[2:]] for row in rows]).reshape(len(rows), len(classes))
+    predicted = proba.argmax(1)
+    matrix = np.bincount(labels * len(classes) + predicted, minlength=len(classes) ** 2).reshape(len(classes), -1)
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = matrix.diagonal() / matrix.sum(axis=1)
-    figure = Figure(figsize=(2 + 0.6 * len(classes), 1.5 + 0.6 * len(classes)), layout="constrained")
-    ConfusionMatrixDisplay(matrix, display_labels=classes).plot(ax=figure.add_subplot(), colorbar=False)
-    figure.axes[0].set_title(f"{name} on {split}: accuracy {accuracy:.3f}")
-    _save(figure, reports_dir(workdir) / f"confusion_{name}.png")
-    return ModelReport(
-        model=name, split=split, accuracy=accuracy,
-        log_loss=float(log_loss(probs.labels, probs.proba, labels=range(len(classes)))),
-        recall={c: float(r) for c, r in zip(classes, recall)},
-        best_epoch=metrics["best_epoch"], epochs=metrics["epochs"],
-    )
+    accuracy = float((predicted == labels).mean()) if len(labels) else float("nan")
+    _save(_confusion(matrix, classes, f"{name}: accuracy {accuracy:.3f}"), reports_dir(workdir) / f"confusion_{name}.png")
+    log_loss = float(-np.log(np.clip(proba[np.arange(len(labels)), labels], 1e-15, None)).mean())
+    return ModelReport(name, metrics["val_split"], accuracy, log_loss, dict(zip(classes, recall.tolist())),
+                       _chosen(metrics))
 
 
-def _training_curves(workdir: Path, models: list[ModelReport]) -> Figure:
-    """One row per model: loss and accuracy per epoch, training and validation, best epoch marked."""
-    figure = Figure(figsize=(10, 2.6 * len(models)), layout="constrained")
-    axes = figure.subplots(len(models), 2, squeeze=False)
-    for row, model in zip(axes, models):
-        history = pd.read_csv(metrics_dir(workdir) / f"{model.model}-history.csv")
+def _chosen(metrics: dict) -> str:
+    if "members" in metrics:
+        return " + ".join(f"{w:.2f} {n}" for n, w in metrics["members"].items())
+    chosen = metrics.get("chosen", {})
+    if "C" in chosen:
+        return f"C={chosen['C']:g}"
+    return f"epoch {chosen.get('epochs', '?')}"
+
+
+def _confusion(matrix: np.ndarray, classes: list[str], title: str) -> "Figure":
+    from matplotlib.figure import Figure  # only here: matplotlib takes a second to import
+
+    size = len(classes)
+    figure = Figure(figsize=(2 + 0.6 * size, 1.5 + 0.6 * size), layout="constrained")
+    ax = figure.add_subplot()
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
+    ax.set(xticks=range(size), yticks=range(size), xticklabels=classes, yticklabels=classes,
+           xlabel="predicted", ylabel="true", title=title)
+    return figure
+
+
+def _training_curves(workdir: Path, names: list[str]) -> "Figure":
+    """One row per model: loss and accuracy per epoch (or per C of a probe's sweep), training and validation."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 2.6 * max(1, len(names))), layout="constrained")
+    axes = figure.subplots(max(1, len(names)), 2, squeeze=False)
+    for row, name in zip(axes, names):
+        path = metrics_dir(workdir) / f"{name}-history.csv"
+        history = list(csv.DictReader(path.read_text().splitlines())) if path.exists() else []
+        if not history:  # best: a blend, nothing trained step by step
+            row[0].set_axis_off()
+            row[1].set_axis_off()
+            row[0].set_title(f"{name}: a blend of other models")
+            continue
+        by_c = "C" in history[0]
+        x = [float(h["C" if by_c else "epoch"]) for h in history]
+        kept = next((xi for xi, h in zip(x, history) if h.get("chosen") == "True"), None) if by_c else \
+            x[int(np.argmin([float(h["val_loss"]) for h in history]))]
         for ax, quantity in zip(row, ("loss", "accuracy")):
-            ax.plot(history["epoch"], history[f"train_{quantity}"], label="train")
-            ax.plot(history["epoch"], history[f"val_{quantity}"], label="validation")
-            ax.axvline(model.best_epoch, color="grey", linestyle=":", label=f"kept: epoch {model.best_epoch}")
-            ax.set(title=f"{model.model}: {quantity}", xlabel="epoch")
+            train_key, val_key = (f"train_log_{quantity}", f"val_log_{quantity}") if by_c and quantity == "loss" else \
+                (f"train_{quantity}", f"val_{quantity}")
+            ax.plot(x, [float(h[train_key]) for h in history], label="train")
+            ax.plot(x, [float(h[val_key]) for h in history], label="validation")
+            if kept is not None:
+                ax.axvline(kept, color="grey", linestyle=":", label=f"kept: {'C=' if by_c else 'epoch '}{kept:g}")
+            ax.set(title=f"{name}: {quantity}", xlabel="C (inverse L2 strength)" if by_c else "epoch",
+                   xscale="log" if by_c else "linear")
             ax.legend(fontsize="small")
     return figure
 
 
-def _save(figure: Figure, path: Path) -> None:
+def _save(figure: "Figure", path: Path) -> None:
     with atomic_output(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)

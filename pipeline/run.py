@@ -1,8 +1,11 @@
-"""`cnnfeat run`: every stage in order as one batch job, each skipped when its output is up to date.
+"""`cnnfeat run`: every stage in order, each skipped when its output is up to date.
 
     from pipeline.run import run_pipeline
-    report = run_pipeline(ExtractConfig(data="data/digits", workdir="runs/digits"),
+    report = run_pipeline(ExtractConfig(data="data/digits", workdir="runs/digits", views=("hflip",)),
                           HeadConfig(workdir="runs/digits"), PredictConfig(workdir="runs/digits"))
+
+What every stage needs is checked before the first image is decoded, so a job that would fail
+at its heads or its submission fails in seconds, not after hours of extraction.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from features import ExtractConfig, ExtractReport, FeatureCache, cache_path, extract
-from features.extract import ProgressFn
+from features import (ConfigError, DataLayoutError, ExtractConfig, ExtractReport, ProgressFn, extract,
+                      resolve_backbones, scan_data_folder)
 
-from .predict import PredictConfig, PredictResult, predict
-from .train import ENSEMBLE, HeadConfig, TrainResult, cached_backbones, train_ensemble, train_linear_heads
+from .config import BEST, ENSEMBLE, HeadConfig, PredictConfig
+from .predict import PredictResult, predict
+from .train import TrainResult, select_best, train_concat, train_ensemble, train_linear_heads
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +31,47 @@ class RunReport:
     predicted_with: str | None = None
 
 
+def check_run(extract_cfg: ExtractConfig, head_cfg: HeadConfig, predict_cfg: PredictConfig) -> bool:
+    """Refuse now what would fail after extraction; True when there is an unlabeled split to predict."""
+    resolve_backbones(extract_cfg.backbones)
+    folder = scan_data_folder(extract_cfg.data)
+    train = folder.splits.get(head_cfg.train_split)
+    if train is None or not train.labeled:
+        raise DataLayoutError(f"{extract_cfg.data} has no labeled {head_cfg.train_split}/ split (one folder of images "
+                              f"per class) to train on; `cnnfeat prepare` makes one from a Kaggle download")
+    if len(folder.classes) < 2:
+        raise DataLayoutError(f"{extract_cfg.data}/{head_cfg.train_split}/ has one class ({folder.classes[0]}); "
+                              f"a classifier needs two or more class folders")
+    val = folder.splits.get(head_cfg.val_split)
+    if val is not None and not val.labeled:
+        raise DataLayoutError(f"{extract_cfg.data}/{head_cfg.val_split}/ has no class folders; a validation split "
+                              f"needs labels (or remove it, and the heads hold out {head_cfg.holdout:.0%} of train)")
+    if val is None:
+        log.info("no %s/ split: the heads hold out a stratified %.0f%% of %s/ to choose and report on",
+                 head_cfg.val_split, 100 * head_cfg.holdout, head_cfg.train_split)
+    if predict_cfg.kaggle_binary and len(folder.classes) != 2:
+        raise ConfigError(f"--kaggle-binary needs exactly two classes, {extract_cfg.data} has {list(folder.classes)}")
+    test = folder.splits.get(predict_cfg.split)
+    return test is not None and not test.labeled
+
+
 def run_pipeline(extract_cfg: ExtractConfig, head_cfg: HeadConfig, predict_cfg: PredictConfig,
                  progress: ProgressFn | None = None) -> RunReport:
-    """Extract all backbones, a linear head each, the ensemble, then predict if there is an unlabeled split."""
+    """Extract, a probe per backbone, the combined models, `best`, then predict the unlabeled split."""
+    unlabeled = check_run(extract_cfg, head_cfg, predict_cfg)
     report = RunReport(extract(extract_cfg, progress))
     if not report.extract.main:  # under torchrun only extraction is shared; rank 0 does the rest
         return report
-    report.heads = train_linear_heads(head_cfg)
-    with FeatureCache(cache_path(head_cfg.workdir)) as cache:
-        backbones = cached_backbones(cache, head_cfg)
-        unlabeled = predict_cfg.split in cache.splits and not cache.is_labeled(predict_cfg.split)
+    backbones = [spec.name for spec in resolve_backbones(extract_cfg.backbones)]
+    report.heads = train_linear_heads(head_cfg, backbones)
     if len(backbones) >= 2:
-        report.heads.append(train_ensemble(head_cfg))
+        if head_cfg.concat:
+            report.heads += train_concat(head_cfg, backbones)
+        report.heads.append(train_ensemble(head_cfg, backbones))
+    if head_cfg.select:
+        report.heads.append(select_best(head_cfg))
     if unlabeled:
-        report.predicted_with = ENSEMBLE if len(backbones) >= 2 else backbones[0]
+        report.predicted_with = BEST if head_cfg.select else ENSEMBLE if len(backbones) >= 2 else backbones[0]
         predict_cfg.model = report.predicted_with
         report.prediction = predict(predict_cfg)
     else:

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny real image folders and an offline torchvision weight cache.
+"""Shared fixtures: tiny real image folders and an offline pretrained-weight cache.
 
 No test reaches the network: downloads are made to fail as they do on an offline machine, and the
 "ImageNet" checkpoints are seeded random models saved under torchvision's own file names.
@@ -9,14 +9,15 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import urllib.error
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torchvision
 
-import numpy as np
-
-from features import BACKBONES, ExtractConfig, FeatureCache, checkpoint_path, extract
+from features import BOOK, ExtractConfig, FeatureCache, checkpoint_path, extract, get_backbone, weights_enum
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("make_digits", ROOT / "data" / "make_digits.py")
@@ -24,6 +25,7 @@ make_digits = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_digits)
 
 IMAGE_SIZE = 80  # Inception needs 75; small keeps the CPU tests fast
+
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,35 +35,57 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
         raise urllib.error.URLError("network disabled in tests")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # timm's Hugging Face downloads fail at once, as offline
+
+
+def save_checkpoint(name: str, seed: int = 0, weights: str = "imagenet") -> Path:
+    """A seeded random model of the weights' architecture, saved where torchvision looks for those weights."""
+    spec = get_backbone(name)
+    enum = weights_enum(spec, weights)
+    path = checkpoint_path(spec, weights)
+    if not path.exists():
+        torch.manual_seed(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            kwargs = {k: v for k, v in spec.random_kwargs.items() if k != "init_weights"}
+            model = torchvision.models.get_model(spec.builder, weights=None, num_classes=len(enum.meta["categories"]),
+                                                 **kwargs)
+        for param in model.parameters():  # torchvision zero-initialises some heads (ViT): logits must not be all 0
+            if param.dim() and not param.any():
+                param.data.normal_(0, 0.02)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), path)
+    return path
+
 
 @pytest.fixture(scope="session")
 def imagenet_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A TORCH_HOME whose hub cache holds a seeded checkpoint for every registered backbone."""
+    """A TORCH_HOME whose hub cache holds a seeded checkpoint for each of the book's backbones."""
     home = tmp_path_factory.mktemp("torch_home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(home))
-        for seed, spec in enumerate(BACKBONES.values()):
-            torch.manual_seed(seed)
-            model = spec.builder(weights=None, num_classes=1000, **spec.random_init_kwargs)
-            path = checkpoint_path(spec)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), path)
+        for seed, name in enumerate(BOOK):
+            save_checkpoint(name, seed)
     return home
+
 
 @pytest.fixture
 def torch_home(imagenet_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TORCH_HOME", str(imagenet_home))
     return imagenet_home
 
+
 @pytest.fixture
 def empty_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     return tmp_path / "empty_torch_home"
 
+
 @pytest.fixture(scope="session")
 def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """train/valid with three digit classes and an unlabeled test split, real scans at 80 px."""
     return make_digits.write_digits(tmp_path_factory.mktemp("digits"), [0, 1, 2], 8, 4, 6, size=IMAGE_SIZE)
+
 
 @pytest.fixture
 def digits_copy(digits_folder: Path, tmp_path: Path) -> Path:
@@ -77,17 +101,23 @@ def extract_config(data: Path, workdir: Path, **overrides) -> ExtractConfig:
 
 
 def snapshot(workdir: Path) -> dict[tuple[str, str], np.ndarray]:
-    """Every (split, backbone) feature array of a workdir's cache."""
+    """Every (split, dataset) feature array of a workdir's cache."""
     with FeatureCache(workdir / "features.h5") as cache:
-        return {(s, b): cache.features(s, b) for s in cache.splits for b in cache.backbones(s)}
+        return {(s, b): cache.features(s, b) for s in cache.splits for b in cache.datasets(s)}
 
 
 def assert_same_features(workdir: Path, reference: Path) -> None:
-    """The same (split, backbone) datasets, bit for bit."""
+    """The same (split, dataset) arrays, bit for bit."""
     expected, got = snapshot(reference), snapshot(workdir)
     assert expected.keys() == got.keys()
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key], err_msg=str(key))
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of a with the same row of b."""
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 @pytest.fixture(scope="session")
@@ -100,10 +130,12 @@ def reference(digits_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="session")
 def digits10_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workdir whose features.h5 holds all backbones for ten digit classes (400 train, 200 valid, 20 test)."""
+    """A workdir whose features.h5 holds the book's backbones, plain and mirrored, for ten digit classes
+    (400 train, 200 valid, 200 in a labeled holdout split that no training sees, 20 test)."""
     root = tmp_path_factory.mktemp("digits10")
-    data = make_digits.write_digits(root / "data", list(range(10)), 40, 20, 20, size=IMAGE_SIZE)
-    extract(ExtractConfig(data=data, workdir=root / "work", weights="random", image_size=IMAGE_SIZE, batch_size=32))
+    data = make_digits.write_digits(root / "data", list(range(10)), 40, 20, 20, size=IMAGE_SIZE, n_holdout=20)
+    extract(ExtractConfig(data=data, workdir=root / "work", weights="random", image_size=IMAGE_SIZE, batch_size=32,
+                          views=("hflip",)))
     return root / "work"
 
 

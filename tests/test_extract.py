@@ -8,24 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from features import (
-    BACKBONES,
-    FeatureCache,
-    WeightsUnavailableError,
-    WorkdirBusyError,
-    extract,
-    get_backbone,
-    load_backbone,
-)
-from features.extract import StagingWriter
+from PIL import Image
+
+from features import BOOK, ConfigError, FeatureCache, WeightsUnavailableError, WorkdirBusyError, extract, get_backbone, load_backbone
+from features.extract import StagingWriter, pad_rows
 from features.images import DecodedBatch, load_rgb
 from features.store import Staging, workdir_lock
 
-from .conftest import IMAGE_SIZE, assert_same_features, extract_config, snapshot
+from .conftest import IMAGE_SIZE, assert_same_features, cosines, extract_config, snapshot
 
 extract_module = importlib.import_module("features.extract")  # the package re-exports extract(), the function
 
-NAMES = list(BACKBONES)
+NAMES = list(BOOK)
 
 
 def test_rows_are_the_features_of_their_own_image(reference, digits_folder):
@@ -45,15 +39,16 @@ def test_rows_are_the_features_of_their_own_image(reference, digits_folder):
             backbone = load_backbone(get_backbone(name), weights="random")
             paths = cache.paths("train")
             stored = cache.features("train", name)
-            assert stored.shape == (24, BACKBONES[name].feature_dim) and stored.dtype == np.float32
+            assert stored.shape == (24, *backbone.feature_shape(IMAGE_SIZE)) and stored.dtype == np.float32
             for row in (0, 11, 23):
                 with torch.inference_mode():
-                    alone = backbone(load_rgb(digits_folder / paths[row], IMAGE_SIZE)[None])[0].numpy()
+                    alone = backbone(backbone.preprocess(load_rgb(digits_folder / paths[row], IMAGE_SIZE)[None]))[0].numpy()
                 # batched and single-image convolutions differ only in float rounding
                 np.testing.assert_allclose(stored[row], alone, rtol=1e-4, atol=1e-5 * np.abs(alone).max())
             settings = cache.settings("train", name)
             assert settings["weights"] == "random:seed=0" and settings["pool"] == "avg"
-            assert settings["image_size"] == IMAGE_SIZE and settings["layer"] == BACKBONES[name].feature_layer
+            assert settings["image_size"] == IMAGE_SIZE and settings["layer"] == BOOK[name].map_layer
+            assert settings["orientation"] == "exif" and settings["view"] == "" and settings["device"] == "cpu"
 
 
 def test_second_run_does_nothing_and_a_changed_file_redoes_its_split(digits_copy, tmp_path):
@@ -132,13 +127,12 @@ def test_pool_none_stores_whole_maps(digits_folder, tmp_path):
         assert maps.shape == (12, 1024, 2, 2) and cache.settings("valid", "densenet121")["pool"] == "none"
 
 
-def test_bf16_features_stay_close_to_fp32(reference, digits_folder, tmp_path):
+def test_bf16_features_are_within_1e_4_cosine_of_fp32(reference, digits_folder, tmp_path):
+    """What README promises for --precision bf16."""
     extract(extract_config(digits_folder, tmp_path / "work", precision="bf16"))
     fp32, bf16 = snapshot(reference), snapshot(tmp_path / "work")
     for key in fp32:
-        a, b = fp32[key], bf16[key]
-        cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-        assert cosine.min() > 0.99, key
+        assert cosines(fp32[key], bf16[key]).min() > 1 - 1e-4, key
 
 
 def test_imagenet_weights_are_recorded(torch_home, digits_folder, tmp_path):
@@ -149,11 +143,12 @@ def test_imagenet_weights_are_recorded(torch_home, digits_folder, tmp_path):
     assert settings["weights_file"] == "inception_v3_google-0cc3c7bd.pth"
 
 
-def test_offline_without_weights_writes_nothing(empty_torch_home, digits_folder, tmp_path):
-    with pytest.raises(WeightsUnavailableError, match="inception_v3_google-0cc3c7bd.pth"):
-        extract(extract_config(digits_folder, tmp_path / "work", weights="imagenet", backbones=("inception",)))
-    assert not (tmp_path / "work" / "features.h5").exists()
-    assert not list((tmp_path / "work").glob(".staging/**/*.npz"))
+def test_offline_without_weights_names_every_missing_file_and_writes_nothing(empty_torch_home, digits_folder, tmp_path):
+    with pytest.raises(WeightsUnavailableError) as caught:
+        extract(extract_config(digits_folder, tmp_path / "work", weights="imagenet"))
+    for name in ("resnet34-b627a593.pth", "inception_v3_google-0cc3c7bd.pth", "densenet121-a639ec97.pth"):
+        assert name in str(caught.value)
+    assert not (tmp_path / "work").exists()  # not even the lock: a failed run leaves nothing behind
 
 
 def test_a_busy_workdir_is_refused(digits_folder, tmp_path):
@@ -165,16 +160,25 @@ def test_a_busy_workdir_is_refused(digits_folder, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"image_size": 64}, "too small for inception"),
         ({"pool": "mean"}, "pool must be one of"),
         ({"precision": "int8"}, "precision must be one of"),
-        ({"backbones": ("vgg",)}, "unknown backbone"),
         ({"batch_size": 0}, "batch_size"),
+        ({"views": ("vflip",)}, "views must be among hflip"),
     ],
 )
-def test_bad_settings_are_refused_before_any_work(overrides, message, digits_folder, tmp_path):
-    with pytest.raises(ValueError, match=message):
+def test_bad_settings_are_refused_at_once(overrides, message, digits_folder, tmp_path):
+    with pytest.raises(ConfigError, match=message):
         extract_config(digits_folder, tmp_path, **overrides)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [({"image_size": 64}, "too small for inception"),
+                                                    ({"backbones": ("vgg",)}, "unknown backbone"),
+                                                    ({"backbones": ("squeezenet1_0",)}, "no final Linear")])
+def test_unusable_backbones_and_sizes_are_refused_before_decoding(overrides, message, digits_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(extract_module, "_run_split", lambda *a: pytest.fail("decoding started"))
+    with pytest.raises(ConfigError, match=message):
+        extract(extract_config(digits_folder, tmp_path / "work", **overrides))
+    assert not (tmp_path / "work").exists()
 
 
 def test_a_resume_fills_every_gap_to_the_same_features(reference, digits_folder, tmp_path, monkeypatch):
@@ -197,7 +201,8 @@ def test_a_resume_fills_every_gap_to_the_same_features(reference, digits_folder,
 
 
 def test_missing_batches_are_cut_from_each_gap_on_the_batch_grid(tmp_path):
-    jobs = [extract_module._Job(get_backbone(name), {}, Staging(tmp_path, "train", name, "k")) for name in ("resnet34", "inception")]
+    jobs = [extract_module._Job(extract_module._Target(get_backbone(name), 80), "", {}, Staging(tmp_path, "train", name, "k"))
+            for name in ("resnet34", "inception")]
     jobs[0].staging.save(0, 4, np.arange(4), np.zeros((4, 1)), [], [])
     jobs[0].staging.save(8, 12, np.arange(8, 12), np.zeros((4, 1)), [], [])
     jobs[1].staging.save(0, 4, np.arange(4), np.zeros((4, 1)), [], [])
@@ -207,7 +212,7 @@ def test_missing_batches_are_cut_from_each_gap_on_the_batch_grid(tmp_path):
 
 def test_staging_writer_keeps_finished_batches_and_reports_a_failed_write(tmp_path, monkeypatch):
     staging = Staging(tmp_path, "train", "resnet34", "k")
-    batch = DecodedBatch(torch.arange(2), torch.zeros(2, 3, 4, 4, dtype=torch.uint8), [], [])
+    batch = DecodedBatch(torch.arange(2), {4: torch.zeros(2, 3, 4, 4, dtype=torch.uint8)}, [], [])
     with StagingWriter(in_flight=1) as writer:
         writer.save(staging, 0, 2, batch, torch.ones(2, 5))
     assert staging.done_rows(2).all()
@@ -231,6 +236,74 @@ def test_decoding_on_the_device_matches_pil(reference, digits_copy, tmp_path):
         assert cache.settings("train", "resnet34")["decode"] == "torchvision.io.decode_jpeg"
     pil, device = snapshot(reference), snapshot(workdir)
     for key in pil:
-        a, b = pil[key], device[key]
-        cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-        assert cosine.min() > 0.999, key
+        assert cosines(pil[key], device[key]).min() > 0.999, key
+
+
+def test_mirrored_views_are_the_features_of_mirrored_images(digits_folder, tmp_path):
+    """Each /<split>/<backbone>_hflip row equals the plain features of the same image mirrored (PNG: lossless)."""
+    plain, mirrored = tmp_path / "plain", tmp_path / "mirrored"
+    for source in sorted((digits_folder / "valid").rglob("*.jpg")):
+        relative = source.relative_to(digits_folder).with_suffix(".png")
+        for root, flip in ((plain, False), (mirrored, True)):
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            image = Image.open(source).convert("RGB")
+            (image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else image).save(root / relative)
+    extract(extract_config(plain, tmp_path / "w1", backbones=("resnet34",), views=("hflip",)))
+    extract(extract_config(mirrored, tmp_path / "w2", backbones=("resnet34",)))
+    with FeatureCache(tmp_path / "w1" / "features.h5") as one, FeatureCache(tmp_path / "w2" / "features.h5") as two:
+        assert one.backbones("valid") == ["resnet34"] and one.datasets("valid") == ["resnet34", "resnet34_hflip"]
+        assert one.settings("valid", "resnet34_hflip")["view"] == "hflip"
+        assert cosines(one.features("valid", "resnet34_hflip"), two.features("valid", "resnet34")).min() > 0.9999
+        assert cosines(one.features("valid", "resnet34_hflip"), one.features("valid", "resnet34")).min() < 0.9999
+
+
+def test_backbones_of_different_sizes_share_one_decode(digits_folder, tmp_path, monkeypatch):
+    opened = []
+    real = extract_module.ImageFiles.__getitem__
+    monkeypatch.setattr(extract_module.ImageFiles, "__getitem__", lambda self, row: (opened.append(row), real(self, row))[1])
+    extract(extract_config(digits_folder, tmp_path / "work", backbones=("inception", "mobilenet_v3_small"), image_size=None))
+    assert len(opened) == 42  # each image once, though one model runs at 299 px and the other at 224
+    with FeatureCache(tmp_path / "work" / "features.h5") as cache:
+        assert cache.settings("train", "inception")["image_size"] == 299
+        assert cache.settings("train", "mobilenet_v3_small")["image_size"] == 224
+        assert cache.feature_shape("train", "mobilenet_v3_small") == (1024,)
+
+
+def test_a_photo_stored_sideways_gets_the_features_of_the_upright_photo(tmp_path):
+    for split in ("upright", "sideways"):
+        (tmp_path / split / "train" / "a").mkdir(parents=True)
+    pixels = np.zeros((60, 90, 3), dtype=np.uint8)
+    pixels[:30, :45] = (250, 10, 10)
+    Image.fromarray(pixels).save(tmp_path / "upright" / "train" / "a" / "1.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned; a viewer rotates it 90 degrees clockwise
+    Image.fromarray(np.rot90(pixels, 1).copy()).save(tmp_path / "sideways" / "train" / "a" / "1.png", exif=exif.tobytes())
+    for split in ("upright", "sideways"):
+        extract(extract_config(tmp_path / split, tmp_path / f"w-{split}", backbones=("resnet34",)))
+    np.testing.assert_allclose(snapshot(tmp_path / "w-sideways")[("train", "resnet34")],
+                               snapshot(tmp_path / "w-upright")[("train", "resnet34")], rtol=1e-5, atol=1e-5)
+
+
+def test_a_cache_made_before_exif_orientation_is_recomputed(digits_folder, tmp_path):
+    import h5py
+
+    cfg = extract_config(digits_folder, tmp_path / "work", backbones=("resnet34",))
+    extract(cfg)
+    with h5py.File(tmp_path / "work" / "features.h5", "r+") as f:
+        del f["train/resnet34"].attrs["orientation"]  # what an older cnnfeat wrote
+    assert ("train", "resnet34") in extract(cfg).computed
+
+
+def test_short_batches_are_padded_to_the_tuned_shape():
+    x = torch.randn(3, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    padded = pad_rows(x, 5)
+    assert padded.shape == (5, 3, 4, 4) and torch.equal(padded[:3], x) and not padded[3:].any()
+    assert padded.is_contiguous(memory_format=torch.channels_last) and pad_rows(x, 2) is x
+
+
+def test_default_workers_share_the_cores_among_torchrun_processes(monkeypatch):
+    monkeypatch.setattr(extract_module.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    cuda = torch.device("cuda")
+    assert extract_module.default_workers(cuda) == 16
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert extract_module.default_workers(cuda) == 2 and extract_module.default_workers(torch.device("cpu")) == 1

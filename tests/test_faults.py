@@ -22,10 +22,10 @@ import pytest
 import torch
 from PIL import Image
 
-from features import CacheError, FeatureCache, WeightsUnavailableError, checkpoint_path, extract, get_backbone
+from features import CacheError, FeatureCache, HeadError, WeightsUnavailableError, checkpoint_path, extract, get_backbone
 from features.images import ImageFiles, collate_decoded, decode_on_device
 from features.store import Staging
-from pipeline.heads import load_head
+from pipeline.heads import load_model
 
 from .conftest import IMAGE_SIZE, assert_same_features, extract_config
 
@@ -137,13 +137,13 @@ def test_hundreds_of_mutated_images_are_each_decoded_or_named(on_device, tmp_pat
     for name, data in mutants:
         (tmp_path / name).write_bytes(data)
     paths = tuple(name for name, _ in mutants)
-    files = ImageFiles(tmp_path, paths, 32, jpeg_bytes=on_device)
+    files = ImageFiles(tmp_path, paths, (32,), jpeg_bytes=on_device)
     decoded, failed = [], []
     for start in range(0, len(paths), 50):
         batch = collate_decoded([files[row] for row in range(start, min(start + 50, len(paths)))])
         if on_device:
-            batch = decode_on_device(batch, tmp_path, paths, 32, torch.device("cpu"))
-        assert batch.images.shape[1:] == (3, 32, 32) or len(batch.rows) == 0
+            batch = decode_on_device(batch, tmp_path, paths, (32,), torch.device("cpu"))
+        assert len(batch.rows) == 0 or batch.images[32].shape[1:] == (3, 32, 32)
         assert all(reason for reason in batch.failed_reasons)
         decoded += batch.rows.tolist()
         failed += batch.failed_rows
@@ -171,7 +171,7 @@ def test_two_extractions_at_once_one_writes_the_other_is_refused(reference, digi
     runs = [subprocess.Popen(_extract_command(digits_folder, workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True) for _ in range(2)]
     outcomes = sorted((run.wait(timeout=300), run.stderr.read()) for run in runs)
-    assert [code for code, _ in outcomes] == [0, 2], outcomes
+    assert [code for code, _ in outcomes] == [0, 3], outcomes  # 3: busy, its own exit status
     assert "another cnnfeat process" in outcomes[1][1]
     assert_same_features(workdir, reference)
 
@@ -191,8 +191,8 @@ def test_heads_weights_and_staged_batches_never_run_pickled_code(tmp_path, empty
     head = tmp_path / "heads" / "resnet34.pt"
     head.parent.mkdir()
     torch.save({"kind": "linear", "state_dict": _RunsCode(marker)}, head)
-    with pytest.raises(ValueError, match="not a loadable cnnfeat head"):
-        load_head(head)
+    with pytest.raises(HeadError, match="not a loadable cnnfeat model"):
+        load_model(head)
 
     weights = checkpoint_path(get_backbone("resnet34"))
     weights.parent.mkdir(parents=True)

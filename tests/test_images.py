@@ -9,83 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from features.images import DataLayoutError, ImageFiles, collate_decoded, load_rgb, scan_data_folder
-
-
-def _jpeg(path: Path, color=(200, 30, 30), size=(40, 30)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, color).save(path)
-    return path
-
-
-def test_labeled_and_unlabeled_splits(tmp_path):
-    for rel in ("train/dog/b.jpg", "train/cat/z.JPG", "train/cat/a.jpeg", "valid/dog/c.Png", "valid/cat/d.jpg"):
-        _jpeg(tmp_path / rel)
-    _jpeg(tmp_path / "test/2.jpg")
-    _jpeg(tmp_path / "test/10.jpg")
-    (tmp_path / "train/cat/notes.txt").write_text("not an image")
-    folder = scan_data_folder(tmp_path)
-    assert folder.classes == ("cat", "dog")
-    train = folder.splits["train"]
-    assert train.paths == ("train/cat/a.jpeg", "train/cat/z.JPG", "train/dog/b.jpg")
-    assert train.labels.tolist() == [0, 0, 1]
-    assert folder.splits["valid"].labels.tolist() == [0, 1]
-    test = folder.splits["test"]
-    assert test.paths == ("test/10.jpg", "test/2.jpg") and test.labels.tolist() == [-1, -1]
-    assert train.labeled and not test.labeled
-
-
-def test_hidden_folders_never_shift_labels(tmp_path):
-    """.ipynb_checkpoints sorts before every class name; it must not become class 0."""
-    _jpeg(tmp_path / "train/cat/1.jpg")
-    _jpeg(tmp_path / "train/dog/2.jpg")
-    _jpeg(tmp_path / "train/.ipynb_checkpoints/3.jpg")
-    _jpeg(tmp_path / ".hidden_split/x/4.jpg")
-    _jpeg(tmp_path / "train/dog/.5.jpg")
-    folder = scan_data_folder(tmp_path)
-    assert list(folder.splits) == ["train"]
-    assert folder.classes == ("cat", "dog")
-    assert folder.splits["train"].paths == ("train/cat/1.jpg", "train/dog/2.jpg")
-
-
-def test_empty_class_folder_is_an_error(tmp_path):
-    _jpeg(tmp_path / "train/cat/1.jpg")
-    (tmp_path / "train/bird").mkdir()
-    with pytest.raises(DataLayoutError, match="bird.*hold no images"):
-        scan_data_folder(tmp_path)
-
-
-def test_splits_must_agree_on_classes(tmp_path):
-    _jpeg(tmp_path / "train/cat/1.jpg")
-    _jpeg(tmp_path / "train/dog/2.jpg")
-    _jpeg(tmp_path / "valid/cat/3.jpg")
-    with pytest.raises(DataLayoutError, match="disagree on the classes"):
-        scan_data_folder(tmp_path)
-
-
-def test_mixed_split_and_missing_folder_are_errors(tmp_path):
-    _jpeg(tmp_path / "train/cat/1.jpg")
-    _jpeg(tmp_path / "train/2.jpg")
-    with pytest.raises(DataLayoutError, match="both images and subfolders"):
-        scan_data_folder(tmp_path)
-    with pytest.raises(DataLayoutError, match="does not exist"):
-        scan_data_folder(tmp_path / "nope")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DataLayoutError, match="no images found"):
-        scan_data_folder(tmp_path / "empty")
-
-
-def test_fingerprint_follows_file_changes(tmp_path):
-    path = _jpeg(tmp_path / "train/cat/1.jpg")
-    _jpeg(tmp_path / "test/1.jpg")
-    folder = scan_data_folder(tmp_path)
-    train, test = folder.fingerprint("train"), folder.fingerprint("test")
-    assert train == scan_data_folder(tmp_path).fingerprint("train")
-    _jpeg(path, color=(0, 0, 0), size=(41, 30))
-    os.utime(path, ns=(1, 1))
-    after = scan_data_folder(tmp_path)
-    assert after.fingerprint("train") != train
-    assert after.fingerprint("test") == test
+from features.images import (DecodeStream, ImageFiles, collate_decoded, decode_on_device, exif_orientation, load_rgb,
+                             open_rgb, upright)
 
 
 def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -147,23 +72,90 @@ def _broken_files(tmp_path: Path) -> list[str]:
 
 def test_undecodable_files_come_back_as_failures_not_exceptions(tmp_path):
     names = _broken_files(tmp_path)
-    dataset = ImageFiles(tmp_path, tuple(names), 32)
+    dataset = ImageFiles(tmp_path, tuple(names), (32,))
     batch = collate_decoded([dataset[i] for i in range(len(dataset))])
     assert batch.rows.tolist() == [4]
-    assert batch.images.shape == (1, 3, 32, 32)
+    assert batch.images[32].shape == (1, 3, 32, 32)
     assert batch.failed_rows == [0, 1, 2, 3]
     assert all(reason for reason in batch.failed_reasons)
 
 
 def test_a_batch_of_only_broken_files(tmp_path):
     names = _broken_files(tmp_path)[:4]
-    batch = collate_decoded([ImageFiles(tmp_path, tuple(names), 32)[i] for i in range(4)])
-    assert len(batch.rows) == 0 and len(batch.images) == 0 and batch.failed_rows == [0, 1, 2, 3]
+    batch = collate_decoded([ImageFiles(tmp_path, tuple(names), (32,))[i] for i in range(4)])
+    assert len(batch.rows) == 0 and not batch.images and batch.failed_rows == [0, 1, 2, 3]
 
 
 def test_items_are_indexed_by_split_position(tmp_path):
     names = [f"{i}.jpg" for i in range(5)]
     for name in names:
         _jpeg(tmp_path / name)
-    dataset = ImageFiles(tmp_path, tuple(names), 16)
+    dataset = ImageFiles(tmp_path, tuple(names), (16,))
     assert len(dataset) == 5 and [dataset[i][0] for i in (3, 4)] == [3, 4]
+
+
+def _photo(orientation: int) -> bytes:
+    """A 40x30 JPEG whose top-left quarter is red, stored with an EXIF orientation tag."""
+    pixels = np.zeros((30, 40, 3), dtype=np.uint8)
+    pixels[:15, :20] = (250, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return _encode(Image.fromarray(pixels), "JPEG", exif=exif.tobytes(), quality=95)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_by_both_decoders(orientation, tmp_path):
+    data = _photo(orientation)
+    (tmp_path / "photo.jpg").write_bytes(data)
+    with Image.open(io.BytesIO(data)) as img:
+        expected = np.asarray(img.transpose(_PIL_TURN[orientation]) if orientation > 1 else img.convert("RGB"))
+    pil = open_rgb(tmp_path / "photo.jpg")
+    assert np.array_equal(np.asarray(pil), expected)
+    assert exif_orientation(data) == orientation
+    raw = torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).copy()).permute(2, 0, 1)
+    assert torch.equal(upright(raw, orientation), torch.from_numpy(expected.copy()).permute(2, 0, 1))
+    files = ImageFiles(tmp_path, ("photo.jpg",), (24,), jpeg_bytes=True)
+    on_device = decode_on_device(collate_decoded([files[0]]), tmp_path, ("photo.jpg",), (24,), torch.device("cpu"))
+    by_pil = load_rgb(tmp_path / "photo.jpg", 24)
+    assert on_device.images[24].shape == (1, 3, 24, 24)
+    assert (on_device.images[24][0].float() - by_pil.float()).abs().mean() < 8  # decoders and resizers differ by rounding
+
+
+_PIL_TURN = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+             5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+             8: Image.Transpose.ROTATE_90}
+
+
+def test_each_image_is_decoded_once_for_every_size(tmp_path, monkeypatch):
+    _jpeg(tmp_path / "a.jpg")
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: (opened.append(1), real_open(*a, **k))[1])
+    batch = collate_decoded([ImageFiles(tmp_path, ("a.jpg",), (80, 224, 299))[0]])
+    assert len(opened) == 1 and sorted(batch.images) == [80, 224, 299]
+    assert all(batch.images[s].shape == (1, 3, s, s) for s in (80, 224, 299))
+
+
+def test_a_batch_of_jpeg_bytes_crosses_processes_as_one_tensor(tmp_path):
+    names = []
+    for i in range(5):
+        _jpeg(tmp_path / f"{i}.jpg", color=(40 * i, 0, 0))
+        names.append(f"{i}.jpg")
+    (tmp_path / "5.png").write_bytes(_encode(Image.new("RGB", (20, 20)), "PNG"))
+    names.append("5.png")
+    files = ImageFiles(tmp_path, tuple(names), (16,), jpeg_bytes=True)
+    batch = collate_decoded([files[i] for i in range(6)])
+    tensors = [value for value in batch if isinstance(value, torch.Tensor)] + list(batch.images.values())
+    assert len(tensors) == 4  # rows, packed bytes, offsets, one PNG size: not one per image
+    assert batch.jpeg_rows == [0, 1, 2, 3, 4] and batch.rows.tolist() == [5]
+    for i in range(5):
+        assert bytes(batch.jpeg(i).numpy()) == (tmp_path / f"{i}.jpg").read_bytes()
+    decoded = decode_on_device(batch, tmp_path, tuple(names), (16,), torch.device("cpu"), DecodeStream(torch.device("cpu")))
+    assert decoded.rows.tolist() == list(range(6)) and decoded.images[16].shape == (6, 3, 16, 16)
+    assert decoded.images[16][4, 0].float().mean() > decoded.images[16][1, 0].float().mean()  # rows kept in order
+
+
+def _jpeg(path: Path, color=(200, 30, 30), size=(40, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path

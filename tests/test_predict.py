@@ -4,10 +4,17 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from features import CacheError, cache_path
-from pipeline.predict import PredictConfig, Probabilities, predict, submission_frame
-from pipeline.train import HeadConfig, train_ensemble, train_linear_heads
+from features import CacheError, FeatureCache, HeadError, cache_path, extract
+from pipeline.config import HeadConfig, PredictConfig
+from pipeline.heads import load_model
+from pipeline.predict import Probabilities, class_probabilities, predict, submission_frame
+from pipeline.train import train_ensemble, train_linear_heads
+
+from .conftest import extract_config
+
+QUICK = dict(c_grid=(0.01, 1.0), select=False)
 
 
 def _probs(ids: list[str], proba: list[list[float]], classes=("cat", "dog")) -> Probabilities:
@@ -36,31 +43,57 @@ def test_kaggle_binary_is_the_second_class_clipped():
 
 
 def test_predict_writes_a_submission_and_scores_labeled_splits(digits10_workdir):
-    train_linear_heads(HeadConfig(workdir=digits10_workdir, epochs=20), ["resnet34"])
+    train_linear_heads(HeadConfig(workdir=digits10_workdir, **QUICK), ["resnet34"])
     result = predict(PredictConfig(workdir=digits10_workdir, model="resnet34"))
     frame = pd.read_csv(digits10_workdir / "submission.csv", dtype={"id": str})
-    assert result.written and result.rows == 20 and len(frame) == 20
+    assert result.written and result.rows == 20 and len(frame) == 20 and not result.fallback
     assert frame.id.tolist() == [str(i) for i in range(1, 21)]
     assert list(frame.columns) == ["id", *[str(d) for d in range(10)]]
     np.testing.assert_allclose(frame.iloc[:, 1:].sum(axis=1), 1, rtol=1e-9)
     assert result.accuracy is None
     assert not predict(PredictConfig(workdir=digits10_workdir, model="resnet34")).written
-    scored = predict(PredictConfig(workdir=digits10_workdir, model="resnet34", split="valid",
-                                   output=digits10_workdir / "valid.csv"))
+    scored = predict(PredictConfig(workdir=digits10_workdir, model="resnet34", split="holdout",
+                                   output=digits10_workdir / "holdout.csv"))
     assert scored.accuracy > 0.8 and scored.log_loss > 0
 
 
-def test_head_and_cache_must_agree(digits10_workdir):
-    train_ensemble(HeadConfig(workdir=digits10_workdir, epochs=2))
-    with pytest.raises(FileNotFoundError, match="train-head"):
+def test_a_mirrored_model_predicts_the_mean_of_both_views_at_its_temperature(digits10_workdir):
+    (_, flipped) = train_linear_heads(HeadConfig(workdir=digits10_workdir, **QUICK), ["resnet34"])
+    assert flipped.name == "resnet34+hflip"
+    model, _, _ = load_model(digits10_workdir / "heads" / "resnet34+hflip.pt")
+    with FeatureCache(cache_path(digits10_workdir)) as cache, torch.inference_mode():
+        views = [model.head({"resnet34": torch.from_numpy(cache.features("holdout", name))}) for name in
+                 ("resnet34", "resnet34_hflip")]
+    expected = torch.stack([torch.softmax(v.double() / model.temperature, 1) for v in views]).mean(0)
+    got = class_probabilities(digits10_workdir, "resnet34+hflip", "holdout").proba
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_every_file_gets_a_row_and_an_undecodable_one_the_class_frequencies(digits_copy, tmp_path):
+    (digits_copy / "test" / "16.jpg").write_bytes(b"garbage, not a JPEG")
+    workdir = tmp_path / "work"
+    extract(extract_config(digits_copy, workdir, backbones=("resnet34",)))
+    train_linear_heads(HeadConfig(workdir=workdir, **QUICK), ["resnet34"])
+    result = predict(PredictConfig(workdir=workdir, model="resnet34"))
+    frame = pd.read_csv(workdir / "submission.csv", dtype={"id": str})
+    assert result.rows == 7 == len(frame) and result.fallback == ["test/16.jpg"]
+    assert frame.id.tolist()[-1] == "16"
+    np.testing.assert_allclose(frame.iloc[-1, 1:].to_numpy(float), [1 / 3] * 3)  # 8 training images of each class
+    predict(PredictConfig(workdir=workdir, model="resnet34", kaggle_binary=False, output=tmp_path / "again.csv", clip=0.01))
+    assert len(pd.read_csv(tmp_path / "again.csv")) == 7
+
+
+def test_model_and_cache_must_agree(digits10_workdir):
+    train_ensemble(HeadConfig(workdir=digits10_workdir, epochs=2, **QUICK))
+    with pytest.raises(HeadError, match="cnnfeat train-head"):
         predict(PredictConfig(workdir=digits10_workdir, model="inception"))
     with h5py.File(cache_path(digits10_workdir), "r+") as f:
         f["test/densenet121"].attrs["pool"] = "max"
     with pytest.raises(CacheError, match="other pool"):
-        predict(PredictConfig(workdir=digits10_workdir))
+        predict(PredictConfig(workdir=digits10_workdir, model="ensemble"))
     with h5py.File(cache_path(digits10_workdir), "r+") as f:
         f["test/densenet121"].attrs["pool"] = "avg"
         f.attrs["classes"] = '["a", "b"]'
     with pytest.raises(CacheError, match="trained on classes"):
-        predict(PredictConfig(workdir=digits10_workdir))
+        predict(PredictConfig(workdir=digits10_workdir, model="ensemble"))
     assert not (digits10_workdir / "submission.csv").exists()

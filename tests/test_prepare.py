@@ -61,17 +61,17 @@ def test_labels_from_a_csv_report_every_bad_row(digits_folder, tmp_path):
             ("img5.jpg", "dog"),  # an id with its extension
             ("img6", ""),  # an unknown (empty) label
             ("img99", "dog"),  # an id with no image; img7 has no row
-            ("img4", "dog")]  # a second, conflicting label for img4
+            ("img4", "dog"),  # a second, conflicting label for img4
+            ("img3", "")]  # a second label for img3 that is no label at all: a conflict still
     pd.DataFrame(rows, columns=["file", "breed"]).to_csv(tmp_path / "labels.csv", index=False)
     report = prepare(PrepareConfig(train=images, out=tmp_path / "data", labels=tmp_path / "labels.csv",
                                    id_column="file", label_column="breed", val_fraction=0))
     kinds = sorted((kind, item) for kind, item, _ in report.problems)
-    assert kinds == [("conflicting labels", "img4"), ("id without image", "img99"),
-                     ("image without label", "img6.jpg"), ("image without label", "img7.png"),
-                     ("unknown label", "img6")]
+    assert kinds == [("conflicting labels", "img3"), ("conflicting labels", "img4"), ("id without image", "img99"),
+                     ("image without label", "img7.png"), ("unknown label", "img6")]
     folder = scan_data_folder(tmp_path / "data")
     assert folder.splits["train"].paths == ("train/cat/img0.jpg", "train/cat/img1.jpg", "train/dog/img2.jpg",
-                                            "train/dog/img3.jpg", "train/dog/img5.jpg")
+                                            "train/dog/img5.jpg")
 
 
 def test_bad_requests_are_refused_and_nothing_is_half_made(digits_folder, tmp_path):
@@ -100,3 +100,16 @@ def test_prepare_command_then_extract_reads_the_links(digits_folder, tmp_path):
                                           "--backbone", "resnet34"])
     assert extracted.exit_code == 0, extracted.output
     assert "train: resnet34" in extracted.output and "could not be decoded" not in extracted.output
+
+
+def test_force_replaces_an_out_that_is_a_symbolic_link_and_leaves_its_target(digits_folder, tmp_path):
+    raw = _raw_dogs_vs_cats(digits_folder, tmp_path / "raw")
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep.txt").write_text("not ours")
+    (tmp_path / "data").symlink_to(target)
+    prepare(PrepareConfig(train=raw / "train", out=tmp_path / "data", label_pattern=DEFAULT_LABEL_PATTERN,
+                          val_fraction=0.25, force=True))
+    assert (tmp_path / "data").is_dir() and not (tmp_path / "data").is_symlink()
+    assert sorted(scan_data_folder(tmp_path / "data").splits) == ["train", "valid"]
+    assert (target / "keep.txt").exists() and not list(tmp_path.glob("*.old")) and not list(tmp_path.glob("*.tmp"))

@@ -31,12 +31,55 @@ def test_staging_knows_every_staged_row_gaps_included(tmp_path):
     assert not list(staging.folder.glob("*.tmp"))
 
 
-def test_staging_key_depends_on_settings_and_files():
-    settings = dict(backbone="resnet34", weights="w", pool="avg", image_size=299, layer="layer4", precision="fp32")
+def test_staging_key_depends_on_settings_decoder_device_and_files():
+    settings = dict(backbone="resnet34", weights="w", pool="avg", image_size=299, precision="fp32", orientation="exif",
+                    view="", decode="PIL", device="cpu", conv_precision="fp32")
     key = Staging.key(settings, "files")
     assert key == Staging.key({**settings, "torch_version": "other"}, "files")
-    assert key != Staging.key({**settings, "pool": "max"}, "files")
+    for change in ({"pool": "max"}, {"decode": "torchvision.io.decode_jpeg"}, {"device": "NVIDIA H100"},
+                   {"conv_precision": "tf32"}, {"view": "hflip"}):
+        assert key != Staging.key({**settings, **change}, "files"), change
     assert key != Staging.key(settings, "other files")
+
+
+def test_staged_batches_of_older_settings_and_gone_splits_are_removed(tmp_path):
+    old, new = Staging(tmp_path, "train", "resnet34", "old"), Staging(tmp_path, "train", "resnet34", "new")
+    other = Staging(tmp_path, "train", "inception", "old")
+    gone = Staging(tmp_path, "extra", "resnet34", "k")
+    for staging in (old, new, other, gone):
+        _stage(staging, 0, 2)
+    new.remove_other_versions()
+    assert not old.folder.exists() and new.folder.exists() and other.folder.exists()
+    Staging.remove_splits_other_than(tmp_path, {"train"})
+    assert not gone.folder.exists() and new.folder.exists()
+
+
+def test_rows_no_batch_covered_are_refused_not_left_zero(tmp_path):
+    staging = Staging(tmp_path, "train", "resnet34", "k")
+    _stage(staging, 0, 4)
+    _stage(staging, 8, 10)  # rows 4-7: a batch another rank staged where this one cannot see it
+    content = SplitContent("train", "fp", tuple(f"{i}.jpg" for i in range(10)), np.zeros(10, dtype=np.int64), True,
+                           {"resnet34": (staging, {"backbone": "resnet34"}, (3,))})
+    with pytest.raises(CacheError, match="rows 4-7 of 10 were never staged"):
+        commit_cache(tmp_path / "features.h5", ("c",), "/data", [content])
+    assert not (tmp_path / "features.h5").exists() and not (tmp_path / "features.h5.tmp").exists()
+
+
+def test_verify_reads_every_byte(tmp_path):
+    staging = Staging(tmp_path, "train", "resnet34", "k")
+    _stage(staging, 0, 3)
+    content = SplitContent("train", "fp", ("a", "b", "c"), np.zeros(3, dtype=np.int64), True,
+                           {"resnet34": (staging, {"backbone": "resnet34"}, (3,))})
+    commit_cache(tmp_path / "features.h5", ("c",), "/data", [content])
+    with FeatureCache(tmp_path / "features.h5") as cache:
+        assert cache.verify() == []
+        offset = cache._file["train/resnet34"].id.get_chunk_info(0).byte_offset
+    data = bytearray((tmp_path / "features.h5").read_bytes())
+    data[offset : offset + 8] = b"\x12\x34" * 4  # (0xffff words would not do: Fletcher-32 counts them as 0)
+    (tmp_path / "features.h5").write_bytes(bytes(data))
+    with FeatureCache(tmp_path / "features.h5") as cache:
+        damaged = cache.verify()
+    assert len(damaged) == 1 and "train/resnet34" in damaged[0] and "cnnfeat extract --force" in damaged[0]
 
 
 def test_commit_drops_failed_rows_and_keeps_labels_in_step(tmp_path):
@@ -44,7 +87,7 @@ def test_commit_drops_failed_rows_and_keeps_labels_in_step(tmp_path):
     _stage(staging, 0, 3, failed=(1,))
     _stage(staging, 3, 5)
     paths = tuple(f"train/c{i % 2}/{i}.jpg" for i in range(5))
-    content = SplitContent("train", "fp", paths, np.array([0, 1, 0, 1, 0]),
+    content = SplitContent("train", "fp", paths, np.array([0, 1, 0, 1, 0]), True,
                            {"resnet34": (staging, {"backbone": "resnet34", "pool": "avg"}, (3,))})
     commit_cache(tmp_path / "features.h5", ("c0", "c1"), "/data", [content])
     with FeatureCache(tmp_path / "features.h5") as cache:
@@ -61,7 +104,7 @@ def test_backbones_that_skipped_different_files_are_refused(tmp_path):
     first, second = Staging(tmp_path, "train", "a", "k"), Staging(tmp_path, "train", "b", "k")
     _stage(first, 0, 3, failed=(1,))
     _stage(second, 0, 3)
-    content = SplitContent("train", "fp", ("x", "y", "z"), np.zeros(3, dtype=np.int64),
+    content = SplitContent("train", "fp", ("x", "y", "z"), np.zeros(3, dtype=np.int64), True,
                            {"a": (first, {"backbone": "a"}, (3,)), "b": (second, {"backbone": "b"}, (3,))})
     with pytest.raises(CacheError, match="skipped other files"):
         commit_cache(tmp_path / "features.h5", ("c",), "/data", [content])
@@ -79,7 +122,7 @@ def test_missing_and_foreign_caches_say_what_to_run(tmp_path):
 def test_missing_split_or_backbone_names_what_exists(tmp_path):
     staging = Staging(tmp_path, "train", "resnet34", "k")
     _stage(staging, 0, 2)
-    content = SplitContent("train", "fp", ("a", "b"), np.zeros(2, dtype=np.int64),
+    content = SplitContent("train", "fp", ("a", "b"), np.zeros(2, dtype=np.int64), True,
                            {"resnet34": (staging, {"backbone": "resnet34"}, (3,))})
     commit_cache(tmp_path / "features.h5", ("c",), "/data", [content])
     with FeatureCache(tmp_path / "features.h5") as cache:
@@ -96,3 +139,15 @@ def test_a_second_writer_is_refused(tmp_path):
                 pass
     with workdir_lock(tmp_path):  # released on exit
         pass
+
+
+def test_the_lock_leaves_nothing_behind(tmp_path):
+    workdir = tmp_path / "new"
+    with pytest.raises(RuntimeError):
+        with workdir_lock(workdir):
+            assert (workdir / ".lock").exists()
+            raise RuntimeError("the run failed before writing anything")
+    assert not workdir.exists()  # it made the folder, and nothing was written to it
+    with workdir_lock(tmp_path):
+        (tmp_path / "kept.txt").write_text("output")
+    assert (tmp_path / "kept.txt").exists() and not (tmp_path / ".lock").exists()

@@ -1,0 +1,123 @@
+"""Data folders: which splits, classes and image files there are, and when they changed.
+
+A data folder holds one subfolder per split. A split whose subfolders hold images is labeled
+(class = subfolder name); a split with images directly inside (Kaggle's test/) is unlabeled:
+
+    data/train/cat/1.jpg  data/train/dog/2.jpg  data/valid/cat/3.jpg  data/test/4.jpg
+
+Hidden entries (names starting with '.', such as .ipynb_checkpoints) are ignored everywhere.
+Imports no torch: `cnnfeat info` and `prepare` use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataLayoutError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+UNLABELED = -1
+
+
+@dataclass(frozen=True)
+class Split:
+    name: str
+    paths: tuple[str, ...]  # POSIX paths relative to the data folder, sorted
+    labels: np.ndarray  # int64 index into DataFolder.classes, UNLABELED for an unlabeled split
+
+    @property
+    def labeled(self) -> bool:
+        return bool(len(self.labels)) and bool(self.labels[0] != UNLABELED)
+
+
+@dataclass(frozen=True)
+class DataFolder:
+    root: Path
+    classes: tuple[str, ...]
+    splits: dict[str, Split]
+
+    def fingerprint(self, split: str) -> str:
+        """Changes whenever a file of the split is added, removed, renamed, rewritten or relabeled."""
+        digest = hashlib.sha256("\n".join(self.classes).encode())
+        for rel, label in zip(self.splits[split].paths, self.splits[split].labels):
+            stat = (self.root / rel).stat()
+            digest.update(f"\n{rel}\t{label}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
+        return digest.hexdigest()
+
+
+def _visible(entries: list[Path]) -> list[Path]:
+    return sorted(p for p in entries if not p.name.startswith("."))
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def scan_data_folder(root: str | Path) -> DataFolder:
+    """Find splits, classes, image paths and labels; refuse layouts that would shift labels."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataLayoutError(f"data folder {root} does not exist or is not a folder")
+    labeled: dict[str, dict[str, list[str]]] = {}
+    unlabeled: dict[str, list[str]] = {}
+    for split_dir in (p for p in _visible(list(root.iterdir())) if p.is_dir()):
+        entries = _visible(list(split_dir.iterdir()))
+        images = [p for p in entries if _is_image(p)]
+        class_dirs = [p for p in entries if p.is_dir()]
+        if images and class_dirs:
+            raise DataLayoutError(
+                f"split {split_dir} holds both images and subfolders; put a labeled split's images "
+                f"in one subfolder per class, and an unlabeled split's images directly in it"
+            )
+        if images:
+            unlabeled[split_dir.name] = [p.relative_to(root).as_posix() for p in images]
+        elif class_dirs:
+            labeled[split_dir.name] = {
+                d.name: [p.relative_to(root).as_posix() for p in _visible(list(d.iterdir())) if _is_image(p)]
+                for d in class_dirs
+            }
+        else:
+            log.warning("skipping %s: it holds no images and no class folders", split_dir)
+    classes = _agreed_classes(root, labeled)
+    splits = {name: _labeled_split(name, per_class, classes) for name, per_class in labeled.items()}
+    splits.update(
+        {name: Split(name, tuple(paths), np.full(len(paths), UNLABELED, np.int64)) for name, paths in unlabeled.items()}
+    )
+    if not splits:
+        raise DataLayoutError(
+            f"no images found under {root}; expected split folders such as train/<class>/*.jpg and test/*.jpg"
+        )
+    return DataFolder(root, classes, dict(sorted(splits.items())))
+
+
+def _agreed_classes(root: Path, labeled: dict[str, dict[str, list[str]]]) -> tuple[str, ...]:
+    """All labeled splits must name the same classes, each with images, or labels would shift."""
+    classes: tuple[str, ...] = ()
+    for name, per_class in labeled.items():
+        empty = [c for c, paths in per_class.items() if not paths]
+        if empty:
+            raise DataLayoutError(
+                f"class folder(s) {', '.join(f'{root / name / c}' for c in empty)} hold no images; "
+                f"add images or remove the folder (an empty class would shift every label after it)"
+            )
+        these = tuple(sorted(per_class))
+        if classes and these != classes:
+            first = next(iter(labeled))
+            raise DataLayoutError(
+                f"splits disagree on the classes: {first}/ has {list(classes)}, {name}/ has {list(these)}; "
+                f"every labeled split needs the same class folders"
+            )
+        classes = these
+    return classes
+
+
+def _labeled_split(name: str, per_class: dict[str, list[str]], classes: tuple[str, ...]) -> Split:
+    rows = sorted((path, classes.index(cls)) for cls, paths in per_class.items() for path in paths)
+    return Split(name, tuple(p for p, _ in rows), np.array([label for _, label in rows], dtype=np.int64))

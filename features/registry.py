@@ -1,0 +1,129 @@
+"""Which backbones cnnfeat knows, as data: the book's three by name, and any torchvision or timm model.
+
+    get_backbone("inception")          # the book's Inception-v3: hooked on Mixed_7c, 299 px
+    get_backbone("convnext_tiny")      # any classification model of torchvision.models
+    get_backbone("timm:resnet50.a1_in1k")
+    resolve_backbones("all")           # the book's three
+
+Every model's feature is the input of its final Linear (what its classifier consumes). The book's
+three capture it where the book did, by a forward hook on the spatial map and pooling it
+themselves; any other model by a forward pre-hook on that Linear. Imports no torch: the CLI's
+`info` and `--help` use these names.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+SOURCES = ("torchvision", "timm")
+TIMM_PREFIX = "timm:"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str  # canonical name, also the HDF5 dataset name
+    aliases: tuple[str, ...] = ()
+    source: str = "torchvision"  # where the model and its weights come from
+    model: str = ""  # torchvision builder (torchvision.models.get_model) or timm model name; "" = name
+    weights: str = "DEFAULT"  # what --weights imagenet loads: a torchvision weights enum member or a timm tag
+    map_layer: str = ""  # module whose output is the spatial map; "": the input of the model's global avg pool
+    relu_on_map: bool = False  # the model's forward applies F.relu between map_layer and its pooling (DenseNet)
+    avg_from_map: bool = False  # --pool avg averages map_layer's output, as the book did, instead of the pre-hook
+    image_size: int | None = None  # default --image-size; None: the weights' native size
+    random_kwargs: Mapping[str, Any] = field(default_factory=dict)  # so --weights random builds the same
+    # architecture and input handling as the pretrained weights
+
+    @property
+    def builder(self) -> str:
+        return self.model or self.name
+
+
+# The book's three: features taken where the book hooked them, all at Inception's native 299 px.
+BOOK: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        BackboneSpec("resnet34", ("resnet",), weights="IMAGENET1K_V1", map_layer="layer4", avg_from_map=True,
+                     image_size=299),
+        BackboneSpec("inception", ("inception_v3",), model="inception_v3", weights="IMAGENET1K_V1",
+                     map_layer="Mixed_7c", avg_from_map=True, image_size=299,
+                     # the ImageNet weights come with transform_input; init_weights=False skips a slow
+                     # truncated-normal init that random smoke runs do not need
+                     random_kwargs={"transform_input": True, "init_weights": False}),
+        BackboneSpec("densenet121", ("densenet",), weights="IMAGENET1K_V1", map_layer="features", relu_on_map=True,
+                     avg_from_map=True, image_size=299),
+    )
+}
+
+# torchvision families whose forward pools with a function, not a module: where their map is.
+FUNCTIONAL_POOL_MAPS: dict[str, tuple[str, bool]] = {  # builder prefix -> (map_layer, relu_on_map)
+    "densenet": ("features", True),
+    "mobilenet_v2": ("features", False),
+    "mnasnet": ("layers", False),
+    "shufflenet_v2": ("conv5", False),
+}
+
+
+def split_names(names: str | list[str] | tuple[str, ...]) -> list[str]:
+    """'a,b' or ['a', 'b,c'] -> ['a', 'b', 'c'], as users type them on a command line."""
+    items = [names] if isinstance(names, str) else names
+    return [n.strip() for item in items for n in item.split(",") if n.strip()]
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    """A book backbone by name or alias (any case), `timm:<model>`, or a torchvision classification model."""
+    key = name.strip()
+    for spec in BOOK.values():
+        if key.lower() == spec.name or key.lower() in spec.aliases:
+            return spec
+    if key.lower().startswith(TIMM_PREFIX):
+        return _timm_spec(key[len(TIMM_PREFIX):])
+    return _torchvision_spec(key)
+
+
+@functools.cache
+def torchvision_models() -> tuple[str, ...]:
+    """Every classification model of torchvision.models, by builder name."""
+    import torchvision  # only here: the book's names resolve without it
+
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+def _torchvision_spec(name: str) -> BackboneSpec:
+    available = torchvision_models()
+    if name not in available:
+        book = ", ".join(f"{s.name} ({', '.join(s.aliases)})" for s in BOOK.values())
+        raise ConfigError(
+            f"unknown backbone {name!r}; use one of the book's {book}, 'all' for those three, any torchvision "
+            f"classification model ({len(available)}, e.g. convnext_tiny, efficientnet_v2_s, vit_b_16; "
+            f"`cnnfeat backbones` lists them), or timm:<model name> with timm installed"
+        )
+    map_layer, relu = next((rule for prefix, rule in FUNCTIONAL_POOL_MAPS.items() if name.startswith(prefix)), ("", False))
+    return BackboneSpec(name, map_layer=map_layer, relu_on_map=relu)
+
+
+def _timm_spec(model: str) -> BackboneSpec:
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError(f"backbone timm:{model} needs timm: pip install 'cnnfeat[timm]' (or pip install timm)") from None
+    architecture, _, tag = model.partition(".")
+    if not timm.is_model(architecture):
+        raise ConfigError(f"timm has no model {architecture!r}; `python -c \"import timm; print(timm.list_models('{architecture[:4]}*'))\"` lists similar ones")
+    return BackboneSpec(TIMM_PREFIX + model, source="timm", model=architecture, weights=tag)
+
+
+def resolve_backbones(names: str | list[str] | tuple[str, ...]) -> list[BackboneSpec]:
+    """'all' (the book's three), or a comma list of names; each once, the book's first in their order."""
+    names = split_names(names)
+    if not names:
+        raise ConfigError("no backbone given; use a name such as resnet34, convnext_tiny or timm:resnet50, or 'all'")
+    specs: dict[str, BackboneSpec] = {}
+    for name in names:
+        for spec in BOOK.values() if name.lower() == "all" else [get_backbone(name)]:
+            specs.setdefault(spec.name, spec)
+    book_first = [s for s in BOOK.values() if s.name in specs]
+    return book_first + [s for s in specs.values() if s.name not in BOOK]

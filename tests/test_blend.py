@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.blend import (blend_proba, fit_temperature, greedy_selection, log_loss, stratified_folds,
+                            stratified_holdout, view_proba)
+
+
+def _overconfident(n: int = 600, classes: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits of a model right 80 % of the time but ten times too sure of itself; and the labels."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (n,), generator=generator)
+    guess = torch.where(torch.rand(n, generator=generator) < 0.8, labels, torch.randint(0, classes, (n,), generator=generator))
+    logits = torch.randn(n, classes, generator=generator) + 2.0 * torch.nn.functional.one_hot(guess, classes)
+    return logits * 10, labels, guess
+
+
+def test_a_temperature_fitted_on_held_out_rows_lowers_their_log_loss_and_keeps_accuracy():
+    logits, labels, _ = _overconfident()
+    fit_rows, held_rows = slice(0, 300), slice(300, 600)
+    t = fit_temperature([logits[fit_rows]], labels[fit_rows])
+    assert t > 3  # ten times too sure: it must be cooled a lot
+    before, after = view_proba([logits[held_rows]]), view_proba([logits[held_rows]], t)
+    assert log_loss(after, labels[held_rows]) < 0.6 * log_loss(before, labels[held_rows])
+    assert torch.equal(before.argmax(1), after.argmax(1))
+
+
+def test_rows_all_predicted_right_leave_the_temperature_near_one():
+    labels = torch.arange(200) % 4
+    logits = 30.0 * torch.nn.functional.one_hot(labels, 4).double()  # right, by wide margins: no evidence to sharpen
+    assert 0.5 < fit_temperature([logits], labels) <= 1.0
+
+
+def test_views_are_averaged_as_probabilities():
+    a, b = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    torch.testing.assert_close(view_proba([a, b]), torch.tensor([[0.5, 0.5]], dtype=torch.float64))
+    torch.testing.assert_close(view_proba([a], 2.0), torch.softmax(a.double() / 2, 1))
+
+
+def test_folds_are_stratified_and_shrink_for_rare_classes():
+    labels = np.array([0] * 10 + [1] * 5 + [2] * 7)
+    folds, k = stratified_folds(labels, 5, seed=0)
+    assert k == 5 and sorted(set(folds)) == list(range(5))
+    for fold in range(5):
+        assert set(labels[folds == fold]) == {0, 1, 2}
+    assert stratified_folds(labels[:13], 5, 0)[1] == 3  # class 1 has only three rows
+    assert stratified_folds(np.array([0, 0, 1]), 5, 0)[1] == 0
+    again, _ = stratified_folds(labels, 5, seed=0)
+    assert np.array_equal(folds, again) and not np.array_equal(folds, stratified_folds(labels, 5, seed=1)[0])
+
+
+def test_holdout_takes_every_classes_share():
+    labels = np.array([0] * 20 + [1] * 10 + [2] * 1)
+    held = stratified_holdout(labels, 0.1, seed=0)
+    assert held[:20].sum() == 2 and held[20:30].sum() == 1 and not held[30]
+
+
+def test_greedy_selection_never_loses_to_its_best_member_and_can_mix():
+    logits, labels, _ = _overconfident(seed=1)
+    good = view_proba([logits], 12.0)
+    noisy = view_proba([logits + 8 * torch.randn(logits.shape, generator=torch.Generator().manual_seed(2))], 12.0)
+    other = view_proba([torch.randn(logits.shape, generator=torch.Generator().manual_seed(3))])
+    weights = greedy_selection({"good": good, "noisy": noisy, "other": other}, labels)
+    assert abs(sum(weights.values()) - 1) < 1e-12 and "good" in weights
+    mixed = blend_proba([{"good": good, "noisy": noisy, "other": other}[n] for n in weights], list(weights.values()))
+    assert log_loss(mixed, labels) <= min(log_loss(p, labels) for p in (good, noisy, other)) + 1e-12
+    assert greedy_selection({"only": good}, labels) == {"only": 1.0}
+
+
+def test_blend_temperature_sharpens_or_softens():
+    p = torch.tensor([[0.6, 0.4]], dtype=torch.float64)
+    assert blend_proba([p], [1.0])[0, 0] == torch.tensor(0.6, dtype=torch.float64)
+    assert blend_proba([p], [1.0], 0.5)[0, 0] > 0.6 > blend_proba([p], [1.0], 2.0)[0, 0]

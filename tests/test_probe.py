@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from features import FeatureCache, cache_path
+from pipeline.blend import view_proba
+from pipeline.probe import fit_logistic, logits_of, sweep
+
+
+@pytest.fixture(scope="module")
+def resnet_features(digits10_cache):
+    with FeatureCache(cache_path(digits10_cache)) as cache:
+        scaler = StandardScaler().fit(cache.features("train", "resnet34"))
+        return ([torch.from_numpy(scaler.transform(cache.features(s, "resnet34"))).double() for s in ("train", "valid")],
+                [torch.from_numpy(cache.labels(s)) for s in ("train", "valid")])
+
+
+def _objective(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, c: float) -> float:
+    """scikit-learn's objective over n: mean cross-entropy + ||W||^2 / (2 C n)."""
+    return float(torch.nn.functional.cross_entropy(x @ weight.T + bias, y) + weight.pow(2).sum() / (2 * c * len(y)))
+
+
+@pytest.mark.parametrize("classes", [10, 2])
+def test_the_solver_finds_scikit_learns_solution(resnet_features, classes):
+    """Multinomial: the same C. Two classes: scikit-learn fits one weight vector w = w1 - w0, whose
+    penalty ||w||^2 is twice that of the two-class softmax at its optimum (w1 = -w0), so its C is ours doubled."""
+    (x_train, x_val), (y_train, y_val) = resnet_features
+    keep = y_train < classes
+    x, y = x_train[keep], y_train[keep]
+    for c in (1e-2, 1.0):
+        weight, bias = fit_logistic([x], y, classes, c)
+        reference = LogisticRegression(C=c if classes > 2 else 2 * c, max_iter=10_000, tol=1e-10).fit(x.numpy(), y.numpy())
+        coef, intercept = torch.from_numpy(reference.coef_), torch.from_numpy(reference.intercept_)
+        if classes == 2:
+            coef, intercept = torch.cat([-coef / 2, coef / 2]), torch.cat([-intercept / 2, intercept / 2])
+        assert _objective(x, y, weight, bias, c) <= _objective(x, y, coef, intercept, c) * (1 + 1e-4)
+        ours = view_proba(logits_of([x_val], weight, bias)).numpy()
+        np.testing.assert_allclose(ours, reference.predict_proba(x_val.numpy()), atol=1e-2)
+
+
+def test_the_sweep_keeps_the_best_validation_c_and_reports_every_one(resnet_features):
+    (x_train, x_val), (y_train, y_val) = resnet_features
+    grid = (1e-4, 1e-2, 1.0, 100.0)
+    fit = sweep([x_train], y_train, [x_val], y_val, 10, grid)
+    assert [row["C"] for row in fit.table] == list(grid) and sum(row["chosen"] for row in fit.table) == 1
+    chosen = next(row for row in fit.table if row["chosen"])
+    best = [row for row in fit.table if row["val_accuracy"] == max(r["val_accuracy"] for r in fit.table)]
+    assert chosen["C"] == fit.c and chosen in best
+    assert chosen["val_log_loss"] == min(row["val_log_loss"] for row in best)
+    assert fit.table[0]["train_log_loss"] > fit.table[-1]["train_log_loss"]  # weaker L2, closer fit
+
+
+def test_views_are_extra_rows_for_training():
+    """Two views of each image are two rows each, as for scikit-learn: the same rows twice weigh as C doubled."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 3, dtype=torch.float64, generator=generator)
+    y = (x[:, 0] + 0.5 * torch.randn(40, dtype=torch.float64, generator=generator) > 0).long()
+    twice = fit_logistic([x, x], y, 2, 0.5)
+    torch.testing.assert_close(twice[0], fit_logistic([x], y, 2, 1.0)[0], rtol=1e-4, atol=1e-6)
