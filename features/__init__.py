@@ -17,7 +17,8 @@ from typing import Any
 __version__ = "0.2.0"
 
 _EXPORTS = {
-    "backbones": ("CatalogEntry", "FrozenBackbone", "catalog", "Preprocessing", "build_model", "checkpoint_path", "load_backbone",
+    "backbones": ("FINETUNED_FORMAT", "CatalogEntry", "FrozenBackbone", "Preprocessing", "build_model", "catalog",
+                  "checkpoint_path", "default_image_size", "file_sha256", "final_linear", "finetuned_path", "load_backbone", "load_finetuned",
                   "normalize", "preprocessing", "weights_enum"),
     "config": ("DECODERS", "DEVICES", "HFLIP", "POOLS", "PRECISIONS", "VIEWS", "WEIGHTS", "ExtractConfig"),
     "errors": ("CacheError", "CnnfeatError", "ConfigError", "DataLayoutError", "HeadError", "MissingInputError", "OutputExistsError",

@@ -13,6 +13,7 @@ only through torchvision's weights enums and cache ($TORCH_HOME/hub/checkpoints)
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import time
@@ -31,11 +32,14 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .config import POOLS
-from .errors import ConfigError, WeightsUnavailableError
+from .errors import ConfigError, MissingInputError, WeightsUnavailableError
 from .registry import BOOK, BackboneSpec, get_backbone, torchvision_models
 
 log = logging.getLogger(__name__)
 
+
+
+FINETUNED_FORMAT = "cnnfeat-finetuned"  # `cnnfeat finetune` writes it, `--weights PATH` reads it
 
 
 @dataclass(frozen=True)
@@ -78,10 +82,54 @@ def _timm_name(spec: BackboneSpec) -> str:
     return f"{spec.builder}.{spec.weights}" if spec.weights not in ("", "DEFAULT") else spec.builder
 
 
+def finetuned_path(weights: str) -> Path | None:
+    """The fine-tuned checkpoint file `--weights` names (a path), or None for imagenet, random or a weights name."""
+    if weights in ("imagenet", "random") or not (weights.endswith((".pt", ".pth")) or os.sep in weights):
+        return None
+    path = Path(weights)
+    if not path.is_file():
+        raise MissingInputError(f"--weights {weights}: no such checkpoint file; `cnnfeat finetune` writes them "
+                                f"to <workdir>/finetuned/<backbone>.pt")
+    return path
+
+
+def load_finetuned(path: Path, spec: BackboneSpec | None = None) -> dict[str, Any]:
+    """A fine-tuned checkpoint (README: "Fine-tuned checkpoints"), checked, never unpickling code."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("format") != FINETUNED_FORMAT:
+            raise ValueError(f"its format is {saved.get('format')!r}, not {FINETUNED_FORMAT!r}")
+    except Exception as err:  # noqa: BLE001 - any failure here means the file is not a usable checkpoint
+        raise WeightsUnavailableError(f"{path} is not a cnnfeat fine-tuned checkpoint ({type(err).__name__}: {err}); "
+                                      f"make it with `cnnfeat finetune`") from err
+    if spec is not None and saved["backbone"] != spec.name:
+        raise ConfigError(f"{path} is a fine-tuned {saved['backbone']}, not {spec.name}; pass it with "
+                          f"--backbone {saved['backbone']}")
+    return saved
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, computed once per version of the file in a process."""
+    stat = path.stat()
+    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
 def weights_label(spec: BackboneSpec, weights: str, seed: int) -> str:
-    """What the cache records about the weights, so random features are never taken for pretrained ones."""
+    """What the cache records about the weights, so random or fine-tuned features are never taken for
+    pretrained ones, and a changed fine-tuned checkpoint makes its features stale."""
     if weights == "random":
         return f"random:seed={seed}"
+    if (path := finetuned_path(weights)) is not None:
+        return f"finetuned:sha256={file_sha256(path)}"
     if spec.source == "timm":
         return f"timm:{_timm_name(spec)}"
     return f"imagenet:{weights_enum(spec, weights)}"
@@ -91,13 +139,20 @@ def weights_file(spec: BackboneSpec, weights: str) -> str:
     """The checkpoint's file name, recorded beside the label."""
     if weights == "random":
         return ""
+    if (path := finetuned_path(weights)) is not None:
+        return path.name
     if spec.source == "timm":
         return timm_cache_folder(spec)[1]
     return checkpoint_path(spec, weights).name
 
 
 def preprocessing(spec: BackboneSpec, weights: str) -> Preprocessing:
-    """Mean, std and sizes from the weights themselves: torchvision's enum, or timm's pretrained config."""
+    """Mean, std and sizes from the weights themselves: torchvision's enum, timm's pretrained config, or
+    what a fine-tuned checkpoint was trained with."""
+    if (path := finetuned_path(weights)) is not None:
+        saved = load_finetuned(path, spec)["preprocessing"]
+        base = preprocessing(spec, "imagenet")
+        return Preprocessing(tuple(saved["mean"]), tuple(saved["std"]), int(saved["image_size"]), base.min_size)
     if spec.source == "timm":
         import timm
 
@@ -109,10 +164,27 @@ def preprocessing(spec: BackboneSpec, weights: str) -> Preprocessing:
                          int(min(enum.meta.get("min_size", (1, 1)))))
 
 
+def default_image_size(spec: BackboneSpec, weights: str) -> int:
+    """The size a backbone runs at when --image-size is not given: a fine-tuned checkpoint's own, else the
+    registry's (299 for the book's three), else the weights' native size."""
+    if finetuned_path(weights) is None and spec.image_size:
+        return spec.image_size
+    return preprocessing(spec, weights).native_size
+
+
 def build_model(spec: BackboneSpec, weights: str = "imagenet", seed: int = 0) -> nn.Module:
-    """The model with pretrained weights through its library's own cache, or seeded random ones."""
+    """The model with pretrained weights through its library's own cache, a fine-tuned checkpoint's, or
+    seeded random ones."""
     if spec.source == "timm":
         return _build_timm(spec, weights, seed)
+    if (path := finetuned_path(weights)) is not None:
+        saved = load_finetuned(path, spec)
+        with _parameters_on_meta(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model = torchvision.models.get_model(spec.builder, weights=None, num_classes=len(saved["classes"]),
+                                                 **saved["builder_kwargs"])
+        model.load_state_dict(saved["state_dict"], assign=True)
+        return model
     if weights == "random":
         torch.manual_seed(seed)
         with warnings.catch_warnings():
@@ -405,7 +477,7 @@ def catalog() -> tuple[CatalogEntry, ...]:
             dim: int | None = model.get_submodule(final_linear(model)).in_features
         except ConfigError:
             dim = None
-        size = spec.image_size or preprocessing(spec, "imagenet").native_size
+        size = default_image_size(spec, "imagenet")
         enum = torchvision.models.get_model_weights(spec.builder)
         entries.append(CatalogEntry(spec.name, dim, size, tuple(member.name for member in enum)))
     return tuple(entries)

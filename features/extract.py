@@ -27,7 +27,7 @@ import torchvision
 from torch.utils.data import DataLoader
 
 from . import __version__
-from .backbones import (FrozenBackbone, load_backbone, normalize, preprocessing, weights_file, weights_label)
+from .backbones import FrozenBackbone, default_image_size, load_backbone, normalize, weights_file, weights_label
 from .config import HFLIP, ExtractConfig
 from .distributed import torchrun_ranks
 from .errors import CacheError, ConfigError, WeightsUnavailableError
@@ -117,9 +117,8 @@ def conv_precision(cfg: ExtractConfig, device: torch.device) -> str:
 
 
 def _targets(cfg: ExtractConfig) -> list[_Target]:
-    """Each backbone with the size it runs at: --image-size, else its registry size, else its weights' own."""
-    return [_Target(spec, cfg.image_size or spec.image_size or preprocessing(spec, cfg.weights).native_size)
-            for spec in resolve_backbones(cfg.backbones)]
+    """Each backbone with the size it runs at: --image-size, else its own default."""
+    return [_Target(spec, cfg.image_size or default_image_size(spec, cfg.weights)) for spec in resolve_backbones(cfg.backbones)]
 
 
 def feature_settings(target: _Target, cfg: ExtractConfig, device: torch.device, view: str) -> dict:

@@ -34,6 +34,8 @@ class BackboneSpec:
     relu_on_map: bool = False  # the model's forward applies F.relu between map_layer and its pooling (DenseNet)
     avg_from_map: bool = False  # --pool avg averages map_layer's output, as the book did, instead of the pre-hook
     image_size: int | None = None  # default --image-size; None: the weights' native size
+    blocks: tuple[str, ...] = ()  # what `finetune --train-layers` unfreezes, bottom to top (the classifier
+    # last); (): the model's top-level children, its Sequential containers opened one level
     random_kwargs: Mapping[str, Any] = field(default_factory=dict)  # so --weights random builds the same
     # architecture and input handling as the pretrained weights
 
@@ -47,14 +49,19 @@ BOOK: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
         BackboneSpec("resnet34", ("resnet",), weights="IMAGENET1K_V1", map_layer="layer4", avg_from_map=True,
-                     image_size=299),
+                     image_size=299, blocks=("layer1", "layer2", "layer3", "layer4", "fc")),
         BackboneSpec("inception", ("inception_v3",), model="inception_v3", weights="IMAGENET1K_V1",
                      map_layer="Mixed_7c", avg_from_map=True, image_size=299,
+                     blocks=("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+                             "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "fc"),
                      # the ImageNet weights come with transform_input; init_weights=False skips a slow
                      # truncated-normal init that random smoke runs do not need
                      random_kwargs={"transform_input": True, "init_weights": False}),
         BackboneSpec("densenet121", ("densenet",), weights="IMAGENET1K_V1", map_layer="features", relu_on_map=True,
-                     avg_from_map=True, image_size=299),
+                     avg_from_map=True, image_size=299,
+                     blocks=tuple(f"features.{b}" for b in ("denseblock1", "transition1", "denseblock2", "transition2",
+                                                            "denseblock3", "transition3", "denseblock4", "norm5"))
+                     + ("classifier",)),
     )
 }
 

@@ -307,3 +307,40 @@ def test_default_workers_share_the_cores_among_torchrun_processes(monkeypatch):
     assert extract_module.default_workers(cuda) == 16
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert extract_module.default_workers(cuda) == 2 and extract_module.default_workers(torch.device("cpu")) == 1
+
+
+def _finetuned(path, seed: int, backbone: str = "resnet34", image_size: int = IMAGE_SIZE):
+    """A checkpoint in the format `cnnfeat finetune` writes: a torchvision model for three classes."""
+    import torchvision
+
+    from features import FINETUNED_FORMAT
+
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet34(num_classes=3)
+    torch.save({"format": FINETUNED_FORMAT, "backbone": backbone, "builder_kwargs": {}, "classes": ["0", "1", "2"],
+                "state_dict": model.state_dict(), "settings": {},
+                "preprocessing": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2], "image_size": image_size}}, path)
+    return model.eval()
+
+
+def test_features_from_a_fine_tuned_checkpoint_are_its_classifier_input(digits_folder, tmp_path):
+    checkpoint = tmp_path / "resnet34.pt"
+    model = _finetuned(checkpoint, seed=5)
+    cfg = extract_config(digits_folder, tmp_path / "work", backbones=("resnet34",), weights=str(checkpoint), image_size=None)
+    extract(cfg)
+    with FeatureCache(tmp_path / "work" / "features.h5") as cache:
+        settings, paths = cache.settings("valid", "resnet34"), cache.paths("valid")
+        stored = cache.features("valid", "resnet34")
+    assert settings["weights"].startswith("finetuned:sha256=") and settings["weights_file"] == "resnet34.pt"
+    assert settings["image_size"] == IMAGE_SIZE  # the size it was fine-tuned at
+    pixels = load_rgb(digits_folder / paths[0], IMAGE_SIZE)[None].float() / 255
+    x = (pixels - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / 0.2
+    with torch.inference_mode():
+        logits = model(x)
+        through_fc = model.fc(torch.from_numpy(stored[:1]))
+    torch.testing.assert_close(through_fc, logits, rtol=1e-4, atol=1e-4 * logits.abs().max().item())
+    assert extract(cfg).computed == []
+    _finetuned(checkpoint, seed=6)  # a changed checkpoint makes its features stale
+    assert ("valid", "resnet34") in extract(cfg).computed
+    with pytest.raises(ConfigError, match="is a fine-tuned resnet34, not densenet121"):
+        extract(extract_config(digits_folder, tmp_path / "w2", backbones=("densenet121",), weights=str(checkpoint)))
