@@ -65,6 +65,7 @@ class Ranks:
 
     def device(self, device: torch.device) -> torch.device:
         """One GPU per process on a machine: the local rank's."""
+        # CUDA: torchrun starts one process per GPU and numbers them by LOCAL_RANK (torchrun's docs)
         return torch.device("cuda", self.local_rank) if device.type == "cuda" and self.world_size > 1 else device
 
 
@@ -80,6 +81,8 @@ def torchrun_ranks(device: torch.device) -> Iterator[Ranks]:
     if device.type == "cuda":
         torch.cuda.set_device(ranks.local_rank)  # before NCCL starts, so each rank talks from its own GPU
     if owned:
+        # NCCL for CUDA tensors, gloo for CPU ones (torch.distributed's backend table); the object
+        # collectives used here work on both
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
     try:
         yield ranks

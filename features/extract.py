@@ -94,13 +94,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def default_workers(device: torch.device) -> int:
-    """Decoding processes: a GPU needs every core decoding; on a CPU the models need the cores more.
+def default_workers(device: torch.device, reads_bytes_only: bool = False) -> int:
+    """Loader processes: decoding for a GPU needs every core; on a CPU the models need the cores more;
+    workers that only read JPEG bytes for the device to decode need few.
 
     Under torchrun the processes of one machine share its cores (LOCAL_WORLD_SIZE of them).
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     cores = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if reads_bytes_only:
+        return min(4, cores)
     return min(16, cores) if device.type == "cuda" else max(1, cores // 2)
 
 
@@ -111,6 +114,7 @@ def decodes_on_device(cfg: ExtractConfig, device: torch.device) -> bool:
 
 def conv_precision(cfg: ExtractConfig, device: torch.device) -> str:
     """What convolutions really compute in: on CUDA, torch runs fp32 convolutions in TF32 by default."""
+    # CUDA: torch.backends.cudnn.allow_tf32 defaults to True (documented under "TensorFloat-32")
     if cfg.precision == "fp32" and device.type == "cuda" and torch.backends.cudnn.allow_tf32:
         return "tf32"
     return cfg.precision
@@ -134,7 +138,7 @@ def feature_settings(target: _Target, cfg: ExtractConfig, device: torch.device, 
         "orientation": "exif",  # images are turned upright as their EXIF orientation says
         "view": view,
         "decode": "torchvision.io.decode_jpeg" if decodes_on_device(cfg, device) else "PIL",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,  # CUDA: the GPU's name
         "conv_precision": conv_precision(cfg, device),
         "cnnfeat_version": __version__,
         "torch_version": str(torch.__version__),  # TorchVersion is a str subclass h5py cannot store
@@ -286,18 +290,19 @@ def _run_split(root: Path, split: Split, jobs: list[_Job], batches: Sequence[tup
     on_device = decodes_on_device(cfg, device)
     sizes = sorted({job.target.size for job in jobs})
     images = ImageFiles(root, split.paths, sizes, jpeg_bytes=on_device)
-    workers = default_workers(device) if cfg.workers is None else cfg.workers
+    workers = default_workers(device, on_device) if cfg.workers is None else cfg.workers
     loader = DataLoader(
         images,
         batch_sampler=[range(start, stop) for start, stop, _ in batches],
         num_workers=workers,
         collate_fn=collate_decoded,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers else None,
+        pin_memory=device.type == "cuda",  # CUDA: page-locked batches, so .to(non_blocking=True) overlaps compute
+        prefetch_factor=(2 if on_device else 4) if workers else None,  # batches of bytes are quick to read
     )
     dtype = DTYPES[cfg.precision]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-    # cuDNN autotunes per input shape: a short last batch padded to full size reuses the tuned kernels
+    # CUDA: cudnn.benchmark autotunes once per input shape; a short last batch padded to the full
+    # size reuses the tuned kernels (documented in torch.backends.cudnn); a CPU would only do more work
     pad_to = cfg.batch_size if device.type == "cuda" else 0
     stream = DecodeStream(device)
     total = sum(stop - start for start, stop, _ in batches)

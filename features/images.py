@@ -23,6 +23,7 @@ from torchvision.transforms.v2.functional import InterpolationMode, resize
 log = logging.getLogger(__name__)
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+JPEG_END = b"\xff\xd9"
 EXIF_ORIENTATION = 0x0112
 # EXIF orientation -> the tensor operation on (..., H, W) that turns the stored pixels upright,
 # the same as PIL.ImageOps.exif_transpose (a test checks all eight).
@@ -79,6 +80,13 @@ def exif_orientation(data: bytes) -> int:
         return 1
 
 
+def is_whole_jpeg(data: bytes) -> bool:
+    """A JPEG that ends with its end-of-image marker. libjpeg (and nvJPEG) decode a truncated file
+    into a partly grey picture without an error where PIL refuses it; such files go to PIL, so both
+    decoders skip the same files."""
+    return data.startswith(JPEG_MAGIC) and data.rstrip(b"\x00").endswith(JPEG_END)
+
+
 def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
     """Apply an EXIF orientation to decoded (3, H, W) pixels on any device."""
     turn = _UPRIGHT.get(orientation)
@@ -120,7 +128,7 @@ class ImageFiles(Dataset):
         try:
             if self.jpeg_bytes:
                 data = path.read_bytes()
-                if data.startswith(JPEG_MAGIC):
+                if is_whole_jpeg(data):
                     return row, (data, exif_orientation(data)), "jpeg"
                 img = open_rgb(data)
             else:
@@ -203,6 +211,7 @@ def decode_on_device(batch: DecodedBatch, root: Path, paths: Sequence[str], size
         except RuntimeError:  # one bad file fails the whole batched call: find it
             decoded = [_decode_one(data, device) for data in jpegs]
         rows = batch.rows.tolist()
+        # CUDA: non_blocking copies from the pinned batch run on this (decode) stream
         per_size: dict[int, list[torch.Tensor]] = {s: [batch.images[s].to(device, non_blocking=True)] if rows else []
                                                    for s in sizes}
         failed = dict(zip(batch.failed_rows, batch.failed_reasons))

@@ -304,7 +304,7 @@ def test_short_batches_are_padded_to_the_tuned_shape():
 def test_default_workers_share_the_cores_among_torchrun_processes(monkeypatch):
     monkeypatch.setattr(extract_module.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     cuda = torch.device("cuda")
-    assert extract_module.default_workers(cuda) == 16
+    assert extract_module.default_workers(cuda) == 16 and extract_module.default_workers(cuda, reads_bytes_only=True) == 4
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert extract_module.default_workers(cuda) == 2 and extract_module.default_workers(torch.device("cpu")) == 1
 

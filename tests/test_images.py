@@ -159,3 +159,14 @@ def _jpeg(path: Path, color=(200, 30, 30), size=(40, 30)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, color).save(path)
     return path
+
+
+def test_a_truncated_jpeg_is_skipped_by_both_decoders(tmp_path):
+    names = _broken_files(tmp_path)  # truncated.jpg among them, which libjpeg alone would decode half grey
+    for on_device in (False, True):
+        files = ImageFiles(tmp_path, tuple(names), (16,), jpeg_bytes=on_device)
+        batch = collate_decoded([files[i] for i in range(len(names))])
+        if on_device:
+            batch = decode_on_device(batch, tmp_path, tuple(names), (16,), torch.device("cpu"))
+        assert [names[r] for r in batch.failed_rows] == ["empty.jpg", "garbage.jpg", "text.png", "truncated.jpg"]
+        assert batch.rows.tolist() == [names.index("good.jpg")]
