@@ -131,15 +131,16 @@ class _Learner:
 class _ProbeLearner(_Learner):
     """Full-batch L-BFGS on standardised features held in memory, C swept on the validation rows."""
 
-    def _designs(self, head: FeatureHead, tables: list[FeatureTable]) -> list[torch.Tensor]:
-        with torch.inference_mode():
+    def _designs(self, head: FeatureHead, tables: list[FeatureTable], dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+        """Standardised features, in float64 unless too big (or in `dtype`, the training rows' choice)."""
+        with torch.no_grad():  # not inference_mode: L-BFGS differentiates through these when they stay float32
             designs = [head.design({k: v.to(self.device) for k, v in t.in_memory.items()}) for t in tables]
-        dtype = probe_dtype(designs)
-        return [x.to(dtype) for x in designs]
+        return [x.to(dtype or probe_dtype(designs)) for x in designs]
 
     def tune(self) -> tuple[FeatureHead, list[dict]]:
         head = self.new_head(self.stats)
-        self.x_train, x_val = self._designs(head, self.train), self._designs(head, self.val)
+        self.x_train = self._designs(head, self.train)
+        x_val = self._designs(head, self.val, self.x_train[0].dtype)
         fit = sweep(self.x_train, self.train[0].labels, x_val, self.val[0].labels, self.n_classes,
                     self.cfg.c_grid, self.cfg.max_iter)
         self.fit, self.chosen = fit, {"C": fit.c}

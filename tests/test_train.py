@@ -181,6 +181,16 @@ def test_models_saved_by_an_older_cnnfeat_are_retrained_once(digits10_workdir):
     assert retrained.trained and not train_linear_heads(cfg, ["resnet34"])[0].trained
 
 
+def test_a_probe_too_big_for_float64_is_solved_in_float32_as_accurately(digits10_workdir, monkeypatch):
+    cfg = HeadConfig(workdir=digits10_workdir, **QUICK, force=True)
+    (float64,) = train_linear_heads(cfg, ["resnet34"])
+    # as for Dogs vs Cats' concat probe: its 25,000 training rows are too many for float64, its validation rows not
+    monkeypatch.setattr("pipeline.train.probe_dtype", lambda views: torch.float32 if len(views[0]) > 200 else torch.float64)
+    (float32,) = train_linear_heads(cfg, ["resnet34"])
+    assert float32.metrics["chosen"] == float64.metrics["chosen"]
+    assert abs(float32.metrics["val_accuracy"] - float64.metrics["val_accuracy"]) <= 1 / float64.metrics["n_val"]
+
+
 def test_a_probe_too_big_for_memory_trains_by_minibatches(digits10_workdir, monkeypatch):
     monkeypatch.setattr("pipeline.data.default_memory_budget", lambda: 0)
     (result,) = train_linear_heads(HeadConfig(workdir=digits10_workdir, flip=False, epochs=30), ["resnet34"])
