@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from pipeline.blend import (blend_proba, fit_temperature, greedy_selection, log_loss, stratified_folds,
@@ -26,10 +27,18 @@ def test_a_temperature_fitted_on_held_out_rows_lowers_their_log_loss_and_keeps_a
     assert torch.equal(before.argmax(1), after.argmax(1))
 
 
-def test_rows_all_predicted_right_leave_the_temperature_near_one():
-    labels = torch.arange(200) % 4
-    logits = 30.0 * torch.nn.functional.one_hot(labels, 4).double()  # right, by wide margins: no evidence to sharpen
-    assert 0.5 < fit_temperature([logits], labels) <= 1.0
+@pytest.mark.parametrize("margin", [2.0, 30.0])
+def test_rows_all_predicted_right_leave_the_chance_of_a_mistake_the_rule_of_one_gives(margin):
+    """n rows without a mistake cannot show an error rate below about 1/n: no sharpening to certainty
+    (margin 2), and a model already certain of everything is softened to that (margin 30)."""
+    n = 30
+    labels = torch.arange(n) % 3
+    noise = 0.3 * torch.randn(n, 3, generator=torch.Generator().manual_seed(0))
+    logits = margin * torch.nn.functional.one_hot(labels, 3).double() + noise
+    t = fit_temperature([logits], labels)
+    doubt = 1 - view_proba([logits], t).max(1).values.mean()
+    assert 0.25 / (n + 1) < doubt < 2 / (n + 1), (t, doubt)
+    assert (t < 1) if margin == 2.0 else (t > 1)
 
 
 def test_views_are_averaged_as_probabilities():

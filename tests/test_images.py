@@ -170,3 +170,46 @@ def test_a_truncated_jpeg_is_skipped_by_both_decoders(tmp_path):
             batch = decode_on_device(batch, tmp_path, tuple(names), (16,), torch.device("cpu"))
         assert [names[r] for r in batch.failed_rows] == ["empty.jpg", "garbage.jpg", "text.png", "truncated.jpg"]
         assert batch.rows.tolist() == [names.index("good.jpg")]
+
+
+def test_the_decode_stream_waits_before_decoding_and_hands_the_batch_to_compute(monkeypatch):
+    """The CUDA ordering, with fake streams: its own finished work first, then decode on it, then compute
+    waits for it by an event and owns the decoded tensors (nothing here can run on a real GPU in CI)."""
+    events: list[str] = []
+
+    class FakeStream:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def synchronize(self) -> None:
+            events.append(f"{self.name}.synchronize")
+
+        def wait_stream(self, other: "FakeStream") -> None:
+            events.append(f"{self.name}.wait_stream({other.name})")
+
+    class Using:
+        def __init__(self, stream: FakeStream) -> None:
+            self.stream = stream
+
+        def __enter__(self) -> None:
+            events.append(f"use {self.stream.name}")
+
+        def __exit__(self, *exc: object) -> None:
+            events.append(f"leave {self.stream.name}")
+
+    class DecodedTensor:
+        def record_stream(self, stream: FakeStream) -> None:
+            events.append(f"record_stream({stream.name})")
+
+    compute = FakeStream("compute")
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: FakeStream("decode"))
+    monkeypatch.setattr(torch.cuda, "stream", Using)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: compute)
+    stream = DecodeStream(torch.device("cuda"))
+    for _ in range(2):  # the second batch's decode starts after the first's work on the stream is done
+        with stream:
+            events.append("decode")
+        stream.hand_over([DecodedTensor()])
+    batch = ["decode.synchronize", "use decode", "decode", "leave decode", "compute.wait_stream(decode)",
+             "record_stream(compute)"]
+    assert events == batch + batch
