@@ -57,6 +57,10 @@ class FinetuneResult:
     trained: bool = True  # False when the finished run was already there
     skipped: list[str] = field(default_factory=list)  # files that could not be decoded
 
+    @property
+    def name(self) -> str:
+        return model_name(self.checkpoint.stem)
+
 
 def finetuned_dir(workdir: Path) -> Path:
     return Path(workdir) / "finetuned"
