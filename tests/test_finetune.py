@@ -45,7 +45,7 @@ def normalized(paths: list[Path], size: int, mean: tuple, std: tuple) -> torch.T
 
 def test_training_lowers_val_loss_and_changes_only_the_named_blocks(digits_folder: Path, tmp_path: Path,
                                                                     torch_home: Path) -> None:
-    cfg = config(digits_folder, tmp_path / "w", train_layers="layer4", epochs=2, lr=3e-3)
+    cfg = config(digits_folder, tmp_path / "w", train_layers="layer4", epochs=2, bn_train=True)
     result = finetune(cfg)
     spec = get_backbone("resnet34")
     saved = torch.load(result.checkpoint, weights_only=True)
