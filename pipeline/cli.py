@@ -30,7 +30,8 @@ import click
 from features import (DECODERS, DEFAULT_LABEL_PATTERN, DEVICES, POOLS, PRECISIONS, VIEWS, CnnfeatError,
                       ExtractConfig, PrepareConfig, WorkdirBusyError, __version__)
 
-from .config import AUGMENTS, BEST, C_GRID, FLIP_SUFFIX, OPTIMIZERS, RUN_VIEWS, SCHEDULES, FinetuneConfig, HeadConfig, PredictConfig
+from .config import (AUGMENTS, BEST, C_GRID, FINETUNED_PREFIX, FLIP_SUFFIX, OPTIMIZERS, RUN_VIEWS, SCHEDULES, FinetuneConfig,
+                     HeadConfig, PredictConfig)
 
 log = logging.getLogger(__name__)
 
@@ -395,6 +396,11 @@ def _model_name(workdir: Path, name: str) -> str:
         return name
     from features import get_backbone
 
+    if name.startswith(FINETUNED_PREFIX):  # finetuned-resnet -> finetuned-resnet34
+        try:
+            return FINETUNED_PREFIX + get_backbone(name[len(FINETUNED_PREFIX):]).name
+        except CnnfeatError:
+            return name
     base, plus, suffix = name.partition("+")
     try:
         return get_backbone(base).name + plus + suffix

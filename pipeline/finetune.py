@@ -404,10 +404,12 @@ def _finetune(cfg: FinetuneConfig, spec: BackboneSpec, size: int, data: _Data, d
     state_path = finetuned_dir(cfg.workdir) / f"{spec.name}.state.pt"
     key = _run_key(cfg, data, size)
     state = _read_state(state_path, key) if not cfg.force else None
-    if state is not None and state["finished"] and out.exists():
-        metrics = json.loads((metrics_dir(cfg.workdir) / f"{model_name(spec.name)}.json").read_text())
-        log.info("%s: up to date (%s)", model_name(spec.name), out)
-        return FinetuneResult(out, metrics, state["history"], trained=False)
+    metrics_file = metrics_dir(cfg.workdir) / f"{model_name(spec.name)}.json"
+    if state is not None and state["finished"]:
+        if out.exists() and metrics_file.exists():
+            log.info("%s: up to date (%s)", model_name(spec.name), out)
+            return FinetuneResult(out, json.loads(metrics_file.read_text()), state["history"], trained=False)
+        state = None  # finished, but its outputs were removed since: train again
     model = new_model(spec, cfg.weights, len(data.classes), cfg.seed)
     trained = chosen_blocks(spec, model, cfg.train_layers)
     every = cfg.train_layers.strip() == "all"

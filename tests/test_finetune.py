@@ -142,7 +142,7 @@ def test_cli_finetune_then_predict(digits_folder: Path, tmp_path: Path, torch_ho
     done = CliRunner().invoke(main, ["finetune", *common, "--epochs", "2", "--batch-size", "8"], catch_exceptions=False)
     assert done.exit_code == 0, done.output
     assert "finetuned-resnet34" in done.output and (workdir / "reports" / "training_curves.png").exists()
-    predicted = CliRunner().invoke(main, ["predict", "--model", "finetuned-resnet34", "--workdir", str(workdir), "--tta"],
+    predicted = CliRunner().invoke(main, ["predict", "--model", "finetuned-resnet", "--workdir", str(workdir), "--tta"],
                                    catch_exceptions=False)
     assert predicted.exit_code == 0, predicted.output
     assert len(pd.read_csv(workdir / "submission.csv")) == len(list((digits_folder / "test").iterdir()))
