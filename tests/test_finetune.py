@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from pipeline.cli import main
 from pipeline.config import FinetuneConfig, PredictConfig
 from pipeline.finetune import finetune, new_model
 from pipeline.predict import predict
+from pipeline.status import staleness
 
 from .conftest import cosines, extract_config, make_digits
 
@@ -142,7 +146,23 @@ def test_cli_finetune_then_predict(digits_folder: Path, tmp_path: Path, torch_ho
     done = CliRunner().invoke(main, ["finetune", *common, "--epochs", "2", "--batch-size", "8"], catch_exceptions=False)
     assert done.exit_code == 0, done.output
     assert "finetuned-resnet34" in done.output and (workdir / "reports" / "training_curves.png").exists()
+    assert "finetuned-resnet34" in (workdir / "metrics" / "summary.csv").read_text()
+    assert staleness(None, workdir, "finetuned-resnet34") == ""  # current while its checkpoint is there
     predicted = CliRunner().invoke(main, ["predict", "--model", "finetuned-resnet", "--workdir", str(workdir), "--tta"],
                                    catch_exceptions=False)
     assert predicted.exit_code == 0, predicted.output
     assert len(pd.read_csv(workdir / "submission.csv")) == len(list((digits_folder / "test").iterdir()))
+
+
+def test_torchrun_with_two_ranks_trains_one_checkpoint(tmp_path: Path) -> None:
+    data = make_digits.write_digits(tmp_path / "data", [0, 1, 2], 4, 2, 0, size=32)
+    workdir = tmp_path / "w"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pipeline",
+               "finetune", "--data", str(data), "--workdir", str(workdir), "--weights", "random", "--image-size", "32",
+               "--batch-size", "4", "--epochs", "1", "--train-layers", "layer4", "--workers", "0", "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("best epoch 1") == 1  # rank 0 alone writes and reports
+    saved = torch.load(workdir / "finetuned" / "resnet34.pt", weights_only=True)
+    assert saved["classes"] == ["0", "1", "2"] and not (workdir / ".lock").exists()
