@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from features import (FINETUNED_FORMAT, BackboneSpec, ConfigError, DataLayoutError, atomic_output, build_model,
+from features import (FINETUNED_FORMAT, BackboneSpec, ConfigError, DataLayoutError, Ranks, atomic_output, build_model,
                       default_image_size, default_workers, final_linear, finetuned_path, get_backbone, load_finetuned,
                       open_rgb, preprocessing, resolve_device, scan_data_folder, square_tensor, torchrun_ranks,
                       workdir_lock)
@@ -398,7 +398,7 @@ def finetune(cfg: FinetuneConfig, progress: ProgressFn | None = None) -> Finetun
         return _finetune(cfg, spec, size, data, device, ranks, None)
 
 
-def _finetune(cfg: FinetuneConfig, spec: BackboneSpec, size: int, data: _Data, device: torch.device, ranks: Any,
+def _finetune(cfg: FinetuneConfig, spec: BackboneSpec, size: int, data: _Data, device: torch.device, ranks: Ranks,
               progress: ProgressFn | None) -> FinetuneResult:
     out = finetuned_dir(cfg.workdir) / f"{spec.name}.pt"
     state_path = finetuned_dir(cfg.workdir) / f"{spec.name}.state.pt"
