@@ -4,6 +4,7 @@
     cnnfeat train-head --workdir runs/digits
     cnnfeat ensemble --workdir runs/digits
     cnnfeat predict --model best --workdir runs/digits
+    cnnfeat finetune --data data/digits --workdir runs/digits --backbone resnet34 --train-layers layer4
     cnnfeat run --data data/digits --workdir runs/digits        # all of the above
     cnnfeat info --workdir runs/digits
 
@@ -29,7 +30,8 @@ import click
 from features import (DECODERS, DEFAULT_LABEL_PATTERN, DEVICES, POOLS, PRECISIONS, VIEWS, CnnfeatError,
                       ExtractConfig, PrepareConfig, WorkdirBusyError, __version__)
 
-from .config import BEST, C_GRID, FLIP_SUFFIX, RUN_VIEWS, HeadConfig, PredictConfig
+from .config import (AUGMENTS, BEST, C_GRID, FINETUNED_PREFIX, FLIP_SUFFIX, OPTIMIZERS, RUN_VIEWS, SCHEDULES, FinetuneConfig,
+                     HeadConfig, PredictConfig)
 
 log = logging.getLogger(__name__)
 
@@ -364,13 +366,17 @@ def _print_summary(workdir: Path, fresh: dict[str, bool]) -> None:
 
 @main.command("predict")
 @click.option("--model", default=PredictConfig.model,
-              help="best, ensemble, concat, a backbone name (its linear probe), or any of those + '+hflip'.")
+              help="best, ensemble, concat, a backbone name (its linear probe), any of those + '+hflip', or "
+                   "finetuned-<backbone> (the network `cnnfeat finetune` trained).")
 @workdir_option
 @click.option("--split", default=PredictConfig.split, help="The split to predict.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="[default: <workdir>/submission.csv]")
 @click.option("--kaggle-binary", is_flag=True, help="Write id,label with label = probability of the second class.")
 @click.option("--clip", type=float, default=PredictConfig.clip, help="Clip probabilities to [clip, 1-clip] (log-loss safety).")
+@click.option("--tta", is_flag=True, help="finetuned-<backbone>: average each image's and its mirror's probabilities.")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="finetuned-<backbone>: the data folder [default: the one it was trained on].")
 @device_option
 @force_option
 @handled(NOTHING_HALF_WRITTEN)
@@ -390,6 +396,11 @@ def _model_name(workdir: Path, name: str) -> str:
         return name
     from features import get_backbone
 
+    if name.startswith(FINETUNED_PREFIX):  # finetuned-resnet -> finetuned-resnet34
+        try:
+            return FINETUNED_PREFIX + get_backbone(name[len(FINETUNED_PREFIX):]).name
+        except CnnfeatError:
+            return name
     base, plus, suffix = name.partition("+")
     try:
         return get_backbone(base).name + plus + suffix
@@ -407,6 +418,81 @@ def _print_prediction(model: str, split: str, result: Any) -> None:
                     f"frequencies: {names}", fg="yellow", err=True)
     if result.accuracy is not None:
         click.echo(f"  accuracy {result.accuracy:.4f}, log loss {result.log_loss:.4f} (on the decoded files)")
+
+
+@main.command("finetune")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Folder with train/<class>/*.jpg (and valid/<class>/*.jpg).")
+@workdir_option
+@click.option("--backbone", default=FinetuneConfig.backbone, help="resnet34, inception, densenet121 or any torchvision model.")
+@click.option("--weights", default=FinetuneConfig.weights,
+              help="imagenet, random (training from scratch), or a weights name of the model.")
+@click.option("--train-layers", default=FinetuneConfig.train_layers,
+              help="Blocks to unfreeze, comma list (resnet34: layer1..layer4, fc) or all; the new classifier always trains.")
+@click.option("--epochs", type=int, default=FinetuneConfig.epochs, help="At most; --patience may stop sooner.")
+@click.option("--batch-size", type=int, default=FinetuneConfig.batch_size)
+@click.option("--accumulate", type=int, default=FinetuneConfig.accumulate, help="Batches per optimizer step.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=FinetuneConfig.optimizer)
+@click.option("--lr", type=float, default=FinetuneConfig.lr, help="The classifier's peak learning rate.")
+@click.option("--lr-decay", type=float, default=FinetuneConfig.lr_decay,
+              help="Each lower block's learning rate is this times the one above it.")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=FinetuneConfig.schedule)
+@click.option("--warmup", type=float, default=FinetuneConfig.warmup, help="Share of the steps spent warming up.")
+@click.option("--weight-decay", type=float, default=FinetuneConfig.weight_decay)
+@click.option("--label-smoothing", type=float, default=FinetuneConfig.label_smoothing)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=FinetuneConfig.precision)
+@click.option("--channels-last", is_flag=True, default=FinetuneConfig.channels_last, help="NHWC memory layout (GPUs).")
+@click.option("--augment", type=click.Choice(AUGMENTS), default=FinetuneConfig.augment,
+              help="Training split only: crop = random resized crop + horizontal flip; trivial = crop + TrivialAugment.")
+@click.option("--patience", type=int, default=FinetuneConfig.patience, help="Epochs without a better validation loss.")
+@click.option("--bn-train/--no-bn-train", default=FinetuneConfig.bn_train,
+              help="Update BatchNorm statistics in unfrozen blocks [default: only from random weights].")
+@click.option("--train-split", default=FinetuneConfig.train_split)
+@click.option("--val-split", default=FinetuneConfig.val_split, help="Without it, a share of train (--holdout).")
+@click.option("--holdout", type=float, default=FinetuneConfig.holdout)
+@click.option("--image-size", type=int, default=FinetuneConfig.image_size, help="[default: the backbone's]")
+@device_option
+@click.option("--workers", type=int, default=FinetuneConfig.workers, help="Decoding processes [default: from the core count].")
+@click.option("--seed", type=int, default=FinetuneConfig.seed)
+@click.option("--force", is_flag=True, help="Start over instead of resuming.")
+@handled("the last finished epoch's checkpoint is kept; the same command resumes from it")
+def finetune_command(**o: Any) -> None:
+    """Train a backbone's top blocks (or all of it) on the data's classes; resumes where a run stopped."""
+    from .finetune import finetune
+
+    result = _with_finetune_progress(lambda progress: finetune(FinetuneConfig(**o), progress=progress))
+    if not result.metrics:  # a torchrun rank other than 0
+        return
+    if result.skipped:
+        click.secho(f"warning: {len(result.skipped)} file(s) could not be decoded and were skipped: "
+                    f"{', '.join(result.skipped[:5])}", fg="yellow", err=True)
+    click.echo(f"{result.checkpoint}: best epoch {result.metrics['chosen']['epochs']}, trained "
+               f"{', '.join(result.metrics['trained_blocks'])}")
+    _after_training(o["workdir"], [result])
+
+
+def _with_finetune_progress(run: Callable[[Any], Any]) -> Any:
+    """A tqdm bar per epoch with images per second and the running loss."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    bars: dict[str, Any] = {}
+
+    def progress(what: str, advanced: int, total: int, loss: float | None) -> None:
+        if what not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[what] = tqdm(total=total, desc=what, unit="img", dynamic_ncols=True)
+        bars[what].update(advanced)
+        if loss is not None:
+            bars[what].set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    try:
+        with logging_redirect_tqdm():
+            return run(progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
 
 
 @main.command("run", context_settings={"show_default": True})

@@ -21,10 +21,10 @@ import pandas as pd
 import torch
 
 from features import VALUE_SETTINGS, CacheError, ConfigError, FeatureCache, atomic_output, cache_path, check_fresh
-from features import dataset_name, resolve_device
+from features import dataset_name, resolve_device, scan_data_folder
 
 from .blend import accuracy, blend_proba, log_loss, view_proba
-from .config import PredictConfig
+from .config import FINETUNED_PREFIX, PredictConfig
 from .data import FeatureTable
 from .heads import Blend, Classifier, Model, head_logits, load_model
 from .status import heads_dir
@@ -109,27 +109,43 @@ def submission_frame(probs: Probabilities, kaggle_binary: bool = False, clip: fl
     return frame.reset_index(drop=True)
 
 
-def _submission_key(cfg: PredictConfig) -> str:
-    """Changes with the model file, the split's files and features, and the output options."""
-    digest = hashlib.sha256((heads_dir(cfg.workdir) / f"{cfg.model}.pt").read_bytes())
-    with FeatureCache(cache_path(cfg.workdir)) as cache:
-        digest.update(cache.fingerprint(cfg.split).encode())
-        digest.update(json.dumps({b: cache.settings(cfg.split, b) for b in cache.datasets(cfg.split)},
-                                 sort_keys=True, default=str).encode())
+def _submission_key(cfg: PredictConfig, data: Path | None) -> str:
+    """Changes with the model file, the split's files (and features), and the output options."""
+    if data is not None:  # a fine-tuned network: its checkpoint and the images it reads
+        digest = hashlib.sha256((cfg.workdir / "finetuned" / f"{cfg.model[len(FINETUNED_PREFIX):]}.pt").read_bytes())
+        digest.update(scan_data_folder(data).fingerprint(cfg.split).encode())
+        digest.update(json.dumps([str(data.resolve()), cfg.tta]).encode())
+    else:
+        digest = hashlib.sha256((heads_dir(cfg.workdir) / f"{cfg.model}.pt").read_bytes())
+        with FeatureCache(cache_path(cfg.workdir)) as cache:
+            digest.update(cache.fingerprint(cfg.split).encode())
+            digest.update(json.dumps({b: cache.settings(cfg.split, b) for b in cache.datasets(cfg.split)},
+                                     sort_keys=True, default=str).encode())
     digest.update(json.dumps([cfg.model, cfg.split, cfg.kaggle_binary, cfg.clip]).encode())
     return digest.hexdigest()
 
 
 def predict(cfg: PredictConfig) -> PredictResult:
-    """Write the submission (skipped when it is up to date); score it too when the split is labeled."""
-    probs = class_probabilities(cfg.workdir, cfg.model, cfg.split, cfg.device)
+    """Write the submission (skipped when it is up to date); score it too when the split is labeled.
+
+    `finetuned-<backbone>` predicts with that fine-tuned network from the images themselves."""
+    data = None
+    if cfg.model.startswith(FINETUNED_PREFIX):
+        from .finetune import finetuned_data, finetuned_probabilities  # torch models only when asked for
+
+        data = finetuned_data(cfg.workdir, cfg.model, cfg.data)
+        probs = finetuned_probabilities(cfg.workdir, cfg.model, cfg.split, cfg.device, data, cfg.tta)
+    elif cfg.tta:
+        raise ConfigError("--tta applies to finetuned-<backbone> models; for the heads, predict with a +hflip model")
+    else:
+        probs = class_probabilities(cfg.workdir, cfg.model, cfg.split, cfg.device)
     frame = submission_frame(probs, cfg.kaggle_binary, cfg.clip)
     result = PredictResult(cfg.output, len(frame), written=False, fallback=probs.fallback)
     decoded = ~np.isin(probs.paths, probs.fallback)
     if decoded.any() and (probs.labels[decoded] >= 0).all():
         proba, labels = torch.from_numpy(probs.proba[decoded]), torch.from_numpy(probs.labels[decoded])
         result.accuracy, result.log_loss = accuracy(proba, labels), log_loss(proba, labels)
-    key = _submission_key(cfg)
+    key = _submission_key(cfg, data)
     stamp = cfg.output.with_name(cfg.output.name + ".json")
     if not cfg.force and cfg.output.exists() and stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
         return result

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from features import BOOK, VALUE_SETTINGS, FeatureCache, dataset_name
 
-from .config import BEST, CONCAT, ENSEMBLE, FLIP_SUFFIX, HEAD_FORMAT, HeadConfig
+from .config import BEST, CONCAT, ENSEMBLE, FINETUNED_PREFIX, FLIP_SUFFIX, HEAD_FORMAT, HeadConfig
 
 COMMON_SETTINGS = ("train_split", "val_split", "folds", "calibrate", "refit", "seed")
 KIND_SETTINGS = {
@@ -66,7 +66,13 @@ def read_sidecar(workdir: Path, name: str) -> dict | None:
 
 
 def staleness(cache: FeatureCache, workdir: Path, name: str, changing: set[tuple[str, str]] = frozenset()) -> str:
-    """'' when heads/<name>.pt is up to date, else why `cnnfeat run` would train it again."""
+    """'' when heads/<name>.pt is up to date, else why `cnnfeat run` would train it again.
+
+    A fine-tuned network reads images, not the cache: it is current while its checkpoint is there
+    (rerunning `cnnfeat finetune` retrains it when its data or settings change)."""
+    if name.startswith(FINETUNED_PREFIX):
+        present = (Path(workdir) / "finetuned" / f"{name[len(FINETUNED_PREFIX):]}.pt").exists()
+        return "" if present else "its fine-tuned checkpoint is missing; run `cnnfeat finetune` again"
     if not (heads_dir(workdir) / f"{name}.pt").exists():
         return "not trained yet"
     data = read_sidecar(workdir, name)

@@ -35,7 +35,7 @@ from features import (BOOK, CacheError, ConfigError, FeatureCache, HeadError, at
 
 from .blend import (accuracy, blend_proba, fit_temperature, greedy_selection, log_loss, stratified_folds,
                     stratified_holdout, view_proba)
-from .config import BEST, CONCAT, ENSEMBLE, FLIP_SUFFIX, HEAD_FORMAT, HFLIP, HeadConfig
+from .config import BEST, CONCAT, ENSEMBLE, FINETUNED_PREFIX, FLIP_SUFFIX, HEAD_FORMAT, HFLIP, HeadConfig
 from .data import FeatureTable, concat_tables, stats
 from .heads import Blend, Classifier, FeatureHead, build_head, head_logits, load_model, save_model
 from .probe import fit_logistic, out_of_fold, probe_dtype, sweep
@@ -279,7 +279,7 @@ def train_one(cache: FeatureCache, cfg: HeadConfig, cand: Candidate, rows: Rows)
     meta = _meta(cache, cfg, cand.name, cand.kind, cand.backbones, cand.views, inputs, key, rows, metrics)
     save_model(heads_dir(cfg.workdir) / f"{cand.name}.pt", model, meta,
                {"oof_proba": oof_proba, "val_proba": val_proba, "oof_key": rows.key()})
-    _write_outputs(cfg.workdir, cand.name, metrics, history, val[0].paths, y_val, val_proba, classes)
+    write_outputs(cfg.workdir, cand.name, metrics, history, val[0].paths, y_val, val_proba, classes)
     return TrainResult(cand.name, metrics, trained=True, history=history)
 
 
@@ -318,8 +318,9 @@ def _up_to_date(workdir: Path, name: str, key: str) -> dict | None:
         return None
 
 
-def _write_outputs(workdir: Path, name: str, metrics: dict, history: list[dict], paths: list[str],
-                   labels: torch.Tensor, proba: torch.Tensor, classes: tuple[str, ...]) -> None:
+def write_outputs(workdir: Path, name: str, metrics: dict, history: list[dict], paths: list[str],
+                  labels: torch.Tensor, proba: torch.Tensor, classes: tuple[str, ...]) -> None:
+    """metrics/<name>.json, -history.csv and -valid.csv: what summary, report and status read of any model."""
     folder = metrics_dir(workdir)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_output(folder / f"{name}.json") as tmp:
@@ -452,7 +453,7 @@ def select_best(cfg: HeadConfig) -> TrainResult:
         save_model(heads_dir(cfg.workdir) / f"{BEST}.pt", blend, meta, {"val_proba": val_proba})
         classes = cache.classes
         val_paths = [cache.paths(rows.val_split)[r] for r in rows.val]
-        _write_outputs(cfg.workdir, BEST, metrics, [], val_paths, y_val, val_proba, classes)
+        write_outputs(cfg.workdir, BEST, metrics, [], val_paths, y_val, val_proba, classes)
     write_summary(cfg.workdir)
     return TrainResult(BEST, metrics, trained=True)
 
@@ -461,7 +462,7 @@ def _selectable(cache: FeatureCache, cfg: HeadConfig, rows: Rows) -> dict[str, t
     """Every saved model other than `best` that is up to date and has out-of-fold predictions on these rows."""
     found = {}
     for name in trained_models(cfg.workdir):
-        if name == BEST or staleness(cache, cfg.workdir, name):
+        if name == BEST or name.startswith(FINETUNED_PREFIX) or staleness(cache, cfg.workdir, name):
             continue
         model, meta, saved = load_model(heads_dir(cfg.workdir) / f"{name}.pt")
         if saved.get("oof_key") == rows.key() and isinstance(model, Classifier):

@@ -1,0 +1,168 @@
+"""cnnfeat finetune on real digit scans, on the CPU: what trains, resuming, and the way back into the pipeline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner
+
+from features import FeatureCache, extract, get_backbone, load_rgb, preprocessing
+from pipeline.cli import main
+from pipeline.config import FinetuneConfig, PredictConfig
+from pipeline.finetune import finetune, new_model
+from pipeline.predict import predict
+from pipeline.status import staleness
+
+from .conftest import cosines, extract_config, make_digits
+
+SMALL = {"resnet34": 32, "densenet121": 32, "inception": 80}  # Inception needs 75 px
+CLASSIFIER = {"resnet34": "fc", "densenet121": "classifier", "inception": "fc"}
+
+
+def config(data: Path, workdir: Path, **overrides) -> FinetuneConfig:
+    settings = dict(data=data, workdir=workdir, image_size=32, batch_size=8, workers=0, epochs=1, augment="none")
+    return FinetuneConfig(**{**settings, **overrides})
+
+
+def classifier_inputs(model: torch.nn.Module, layer: str, images: torch.Tensor) -> torch.Tensor:
+    """What the model's final Linear consumes, captured by a forward pre-hook."""
+    seen = []
+    handle = model.get_submodule(layer).register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0]))
+    with torch.inference_mode():
+        model.eval()(images)
+    handle.remove()
+    return seen[0]
+
+
+def normalized(paths: list[Path], size: int, mean: tuple, std: tuple) -> torch.Tensor:
+    images = torch.stack([load_rgb(p, size) for p in paths]).float() / 255
+    return (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def test_training_lowers_val_loss_and_changes_only_the_named_blocks(digits_folder: Path, tmp_path: Path,
+                                                                    torch_home: Path) -> None:
+    cfg = config(digits_folder, tmp_path / "w", train_layers="layer4", epochs=2, bn_train=True)
+    result = finetune(cfg)
+    spec = get_backbone("resnet34")
+    saved = torch.load(result.checkpoint, weights_only=True)
+    plain = torchvision.models.get_model(spec.builder, num_classes=len(saved["classes"]), **saved["builder_kwargs"])
+    plain.load_state_dict(saved["state_dict"])  # the torchvision model's own state, nothing fused or renamed
+    before = new_model(spec, "imagenet", 3, cfg.seed).state_dict()
+    after = saved["state_dict"]
+    frozen = [k for k in before if not k.startswith(("layer4.", "fc."))]
+    assert all(torch.equal(before[k], after[k]) for k in frozen)  # BN statistics too
+    assert not torch.equal(before["layer4.0.conv1.weight"], after["layer4.0.conv1.weight"])
+    assert saved["settings"]["trained_blocks"] == ["layer4", "fc"]
+    untrained = _val_loss(new_model(spec, "imagenet", 3, cfg.seed), digits_folder, saved)
+    assert result.metrics["val_log_loss"] < untrained
+    assert result.metrics["val_log_loss"] == pytest.approx(min(h["val_loss"] for h in result.history))
+    assert (tmp_path / "w" / "metrics" / "finetuned-resnet34-history.csv").exists()
+
+
+def _val_loss(model: torch.nn.Module, data: Path, saved: dict) -> float:
+    paths = sorted((data / "valid").glob("*/*.*"))
+    labels = torch.tensor([saved["classes"].index(p.parent.name) for p in paths])
+    prep = saved["preprocessing"]
+    with torch.inference_mode():
+        logits = model.eval()(normalized(paths, prep["image_size"], prep["mean"], prep["std"]))
+    return torch.nn.functional.cross_entropy(logits, labels).item()
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path: Path, torch_home: Path) -> None:
+    digits_folder = make_digits.write_digits(tmp_path / "data", [0, 1, 2], 4, 2, 0, size=32)
+    cfg = dict(train_layers="layer3,layer4", epochs=2, augment="crop", batch_size=4)
+    whole = finetune(config(digits_folder, tmp_path / "whole", **cfg))
+
+    def kill_in_epoch_2(what: str, done: int, total: int, loss: float | None) -> None:
+        if what.startswith("epoch 2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config(digits_folder, tmp_path / "killed", **cfg), progress=kill_in_epoch_2)
+    assert (tmp_path / "killed" / "finetuned" / "resnet34.state.pt").exists()
+    resumed = finetune(config(digits_folder, tmp_path / "killed", **cfg))
+    expected = torch.load(whole.checkpoint, weights_only=True)["state_dict"]
+    got = torch.load(resumed.checkpoint, weights_only=True)["state_dict"]
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in whole.history]
+
+
+@pytest.mark.parametrize("backbone", list(SMALL))
+def test_each_book_backbone_trains_extracts_and_predicts(backbone: str, tmp_path: Path, torch_home: Path) -> None:
+    digits_copy = make_digits.write_digits(tmp_path / "data", [0, 1, 2], 4, 2, 3, size=SMALL[backbone])
+    (digits_copy / "test" / "zz-broken.png").write_bytes(b"not an image")
+    workdir = tmp_path / "w"
+    cfg = config(digits_copy, workdir, backbone=backbone, image_size=SMALL[backbone],
+                 train_layers=get_backbone(backbone).blocks[-2])
+    result = finetune(cfg)
+    assert result.trained and result.metrics["trained_blocks"][-1] == CLASSIFIER[backbone]
+    assert not finetune(cfg).trained  # finished: the same command does nothing again
+
+    # extract --weights: the features are what the fine-tuned classifier consumes
+    extract(extract_config(digits_copy, workdir, backbones=(backbone,), weights=str(result.checkpoint),
+                           image_size=SMALL[backbone]))
+    with FeatureCache(workdir / "features.h5") as cache:
+        name = get_backbone(backbone).name
+        features, paths = cache.features("valid", name), cache.paths("valid")
+    prep = preprocessing(get_backbone(backbone), str(result.checkpoint))
+    model = new_model(get_backbone(backbone), "random", 3, 0)
+    model.load_state_dict(torch.load(result.checkpoint, weights_only=True)["state_dict"])
+    expected = classifier_inputs(model, CLASSIFIER[backbone],
+                                 normalized([digits_copy / p for p in paths], SMALL[backbone], prep.mean, prep.std))
+    # equal up to the rounding of extraction's folded batch norms (large with random "pretrained" weights)
+    assert features.shape == expected.shape and cosines(features, expected.numpy()).min() > 0.9999
+
+    # predict: a row per test file, the broken one with the class frequencies
+    out = predict(PredictConfig(workdir=workdir, model=f"finetuned-{name}", tta=True))
+    frame = pd.read_csv(out.path, dtype={"id": str})
+    assert len(frame) == len(list((digits_copy / "test").iterdir())) and out.fallback == ["test/zz-broken.png"]
+    assert np.allclose(frame[["0", "1", "2"]].sum(axis=1), 1)
+    assert frame.set_index("id").loc["zz-broken"].tolist() == pytest.approx([1 / 3] * 3)
+
+
+def test_from_scratch_all_layers_beats_a_linear_head_on_frozen_random_features(tmp_path: Path) -> None:
+    """The same loop, split, seed and budget: training every layer against training only the new classifier."""
+    data = make_digits.write_digits(tmp_path / "data", [0, 1, 2, 3], 16, 8, 0, size=32)
+    runs = {layers: finetune(config(data, tmp_path / layers, weights="random", train_layers=layers, epochs=5, lr=3e-3))
+            for layers in ("all", "fc")}
+    tuned, linear = runs["all"].metrics, runs["fc"].metrics
+    assert tuned["val_log_loss"] < linear["val_log_loss"] and tuned["val_accuracy"] > linear["val_accuracy"], \
+        (tuned, linear)
+
+
+def test_cli_finetune_then_predict(digits_folder: Path, tmp_path: Path, torch_home: Path) -> None:
+    workdir = tmp_path / "w"
+    common = ["--data", str(digits_folder), "--workdir", str(workdir), "--image-size", "32", "--workers", "0"]
+    bad = CliRunner().invoke(main, ["finetune", *common, "--train-layers", "layer9"])
+    assert bad.exit_code == 1 and "layer1, layer2, layer3, layer4, fc" in bad.output
+    done = CliRunner().invoke(main, ["finetune", *common, "--epochs", "2", "--batch-size", "8"], catch_exceptions=False)
+    assert done.exit_code == 0, done.output
+    assert "finetuned-resnet34" in done.output and (workdir / "reports" / "training_curves.png").exists()
+    assert "finetuned-resnet34" in (workdir / "metrics" / "summary.csv").read_text()
+    assert staleness(None, workdir, "finetuned-resnet34") == ""  # current while its checkpoint is there
+    predicted = CliRunner().invoke(main, ["predict", "--model", "finetuned-resnet", "--workdir", str(workdir), "--tta"],
+                                   catch_exceptions=False)
+    assert predicted.exit_code == 0, predicted.output
+    assert len(pd.read_csv(workdir / "submission.csv")) == len(list((digits_folder / "test").iterdir()))
+
+
+def test_torchrun_with_two_ranks_trains_one_checkpoint(tmp_path: Path) -> None:
+    data = make_digits.write_digits(tmp_path / "data", [0, 1, 2], 4, 2, 0, size=32)
+    workdir = tmp_path / "w"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pipeline",
+               "finetune", "--data", str(data), "--workdir", str(workdir), "--weights", "random", "--image-size", "32",
+               "--batch-size", "4", "--epochs", "1", "--train-layers", "layer4", "--workers", "0", "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("best epoch 1") == 1  # rank 0 alone writes and reports
+    saved = torch.load(workdir / "finetuned" / "resnet34.pt", weights_only=True)
+    assert saved["classes"] == ["0", "1", "2"] and not (workdir / ".lock").exists()
