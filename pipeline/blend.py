@@ -34,11 +34,11 @@ def accuracy(proba: torch.Tensor, labels: torch.Tensor) -> float:
 def fit_temperature(logits: list[torch.Tensor], labels: torch.Tensor) -> float:
     """The T > 0 that minimises the log loss of view_proba(logits, T); accuracy stays as it is.
 
-    Two weak priors keep T where the rows can tell it. log T ~ N(0, 1) pulls it to 1. And the
-    targets are smoothed by 1/(n + 1) towards uniform, as if one more row of unknown class had been
-    seen: when all n rows are predicted right, the log loss alone would sharpen without limit and
-    make the next mistake cost dearly; with it, confidence stops near 1 - 1/n, the "rule of one" a
-    sample of n rows without a mistake supports. Both vanish as n grows.
+    Two weak priors keep T where the rows can tell it. log T ~ N(0, 1) pulls it to 1. And each
+    row counts as if its predicted class were wrong 1/(n + 1) of the time: n rows without a mistake
+    are consistent with an error rate near 1/n (the "rule of one"), so where the log loss alone
+    would sharpen towards certainty and make the next mistake cost dearly, confidence stops near
+    1 - 1/n. Both vanish as n grows.
     """
     views = [x.detach().double() for x in logits]
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -49,9 +49,9 @@ def fit_temperature(logits: list[torch.Tensor], labels: torch.Tensor) -> float:
     def objective() -> torch.Tensor:
         optimizer.zero_grad()
         proba = torch.stack([torch.softmax(x / log_t.exp(), dim=1) for x in views]).mean(0)
-        log_p = proba.clamp_min(EPS).log()
-        nll = -log_p[torch.arange(len(y)), y].mean()
-        loss = (1 - smoothing) * nll - smoothing * log_p.mean() + log_t.pow(2) / (2 * len(y))
+        nll = -proba[torch.arange(len(y)), y].clamp_min(EPS).log().mean()
+        doubt = -(1 - proba.max(1).values).clamp_min(EPS).log().mean()  # as if the predicted class were wrong
+        loss = (1 - smoothing) * nll + smoothing * doubt + log_t.pow(2) / (2 * len(y))
         loss.backward()
         return loss
 

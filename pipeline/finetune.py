@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from features import (FINETUNED_FORMAT, BackboneSpec, ConfigError, DataLayoutError, Ranks, atomic_output, build_model,
-                      default_image_size, default_workers, final_linear, finetuned_path, get_backbone, load_finetuned,
+                      default_image_size, default_workers, file_sha256, final_linear, finetuned_path, get_backbone, load_finetuned,
                       open_rgb, preprocessing, resolve_device, scan_data_folder, square_tensor, torchrun_ranks,
                       workdir_lock)
 
@@ -327,7 +327,7 @@ def evaluate(model: nn.Module, normalize: _Normalize, loader: DataLoader, device
             proba = (proba + model(x.flip(-1)).double().softmax(1)) / 2
         probas.append(proba.cpu())
         rows.append(batch_rows)
-    n_classes = next(m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)).out_features
+    n_classes = model.get_submodule(final_linear(model)).out_features
     empty = torch.zeros(0, n_classes, dtype=torch.float64)
     return (torch.cat(probas) if probas else empty), (torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)), \
         failed_rows
@@ -371,7 +371,7 @@ def _run_key(cfg: FinetuneConfig, data: _Data, size: int) -> str:
     settings = {k: v for k, v in _settings(cfg).items() if k not in ("device", "workers", "force", "workdir", "data")}
     weights = cfg.weights
     if (path := finetuned_path(weights)) is not None:
-        weights = hashlib.sha256(path.read_bytes()).hexdigest()
+        weights = file_sha256(path)
     blob = json.dumps([settings, weights, size, data.key, data.classes], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
