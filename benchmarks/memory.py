@@ -1,6 +1,6 @@
 """Peak memory of `cnnfeat extract --backbone all` on N and on 10N images: it must not grow with N.
 
-    python benchmarks/memory.py                   # 200 and 2,000 JPEGs of 500x375 at 96 px, CPU, bf16
+    python benchmarks/memory.py                   # 200 and 2,000 JPEGs of 160x120 at 96 px, CPU, bf16
     python benchmarks/memory.py --images 1000 --image-size 299 --device cuda
 
 Each run is a fresh process; its peak resident memory (ru_maxrss) and that of its decoding

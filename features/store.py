@@ -377,6 +377,7 @@ class FeatureCache:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._settings: dict[tuple[str, str], dict] = {}
         if not self.path.exists():
             raise CacheError(
                 f"no feature cache at {self.path}; run `cnnfeat extract --data DATA --workdir {self.path.parent}` first"
@@ -471,7 +472,13 @@ class FeatureCache:
         return list(zip(_as_str(self._read(group["skipped"])), _as_str(self._read(group["skipped_reasons"]))))
 
     def settings(self, split: str, backbone: str) -> dict:
-        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self._dataset(split, backbone).attrs.items()}
+        """A dataset's recorded settings (a copy). Read from the file once: the file is opened read-only and
+        HDF5 attributes cost a millisecond a dataset, which staleness checks of many models repeat."""
+        key = (split, backbone)
+        if key not in self._settings:
+            self._settings[key] = {k: (v.item() if isinstance(v, np.generic) else v)
+                                   for k, v in self._dataset(split, backbone).attrs.items()}
+        return dict(self._settings[key])
 
     def feature_shape(self, split: str, backbone: str) -> tuple[int, ...]:
         return tuple(self._dataset(split, backbone).shape[1:])
