@@ -209,6 +209,7 @@ def load_checkpoint(spec: BackboneSpec, weights: str = "imagenet") -> dict[str, 
     path = checkpoint_path(spec, weights)
     if not path.exists():
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)  # a fresh machine has no hub cache yet
             torch.hub.download_url_to_file(enum.url, str(path), hash_prefix=_hash_prefix(path))
         except Exception as err:  # noqa: BLE001 - urllib's errors, a hash mismatch: the file is not to be had
             raise WeightsUnavailableError(_missing_message(spec, path, enum.url, err)) from err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 
@@ -152,6 +153,24 @@ def test_offline_without_cached_weights_names_file_and_folder(empty_torch_home):
     message = str(caught.value)
     assert "resnet34-b627a593.pth" in message and str(empty_torch_home / "hub" / "checkpoints") in message
     assert "--weights random" in message
+
+
+def test_first_use_online_downloads_into_a_hub_cache_that_does_not_exist_yet(empty_torch_home, monkeypatch):
+    """A fresh machine has no $TORCH_HOME/hub/checkpoints; torch's downloader writes beside the file, not the folder."""
+    spec = get_backbone("resnet34")
+    state = torchvision.models.resnet34().state_dict()
+    fetched = []
+
+    def download(url: str, dst: str, hash_prefix: str | None = None, progress: bool = True) -> None:
+        fetched.append((url, hash_prefix))
+        with open(dst + ".partial", "wb") as handle:  # as torch.hub does, before renaming it into place
+            torch.save(state, handle)
+        os.replace(dst + ".partial", dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    model = build_model(spec, "imagenet")
+    assert fetched == [(weights_enum(spec, "imagenet").url, "b627a593")]
+    assert checkpoint_path(spec).exists() and torch.equal(model.fc.weight, state["fc.weight"])
 
 
 def test_broken_cached_checkpoint_says_delete_it(empty_torch_home):
