@@ -28,6 +28,17 @@ SCHEDULES = ("onecycle", "cosine")
 AUGMENTS = ("none", "crop", "trivial")  # crop: random resized crop + horizontal flip; trivial: crop + TrivialAugment
 
 
+def _require_counts(cfg: object, names: tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, not {getattr(cfg, name)}")
+
+
+def _require_two_splits(train_split: str, val_split: str) -> None:
+    if train_split == val_split:
+        raise ConfigError(f"train and validation splits must differ, both are {train_split!r}")
+
+
 @dataclass
 class HeadConfig:
     workdir: Path = Path("cnnfeat-out")
@@ -59,17 +70,14 @@ class HeadConfig:
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
         self.c_grid = tuple(sorted(float(c) for c in self.c_grid))
-        for name in ("epochs", "batch_size", "patience", "hidden", "max_iter", "folds"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        _require_counts(self, ("epochs", "batch_size", "patience", "hidden", "max_iter", "folds"))
         if self.lr <= 0 or not self.c_grid or self.c_grid[0] <= 0:
             raise ConfigError(f"lr and every C must be positive, not lr={self.lr}, C={self.c_grid}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), not {self.dropout}")
         if not 0 < self.holdout < 1:
             raise ConfigError(f"holdout must be in (0, 1), not {self.holdout}")
-        if self.train_split == self.val_split:
-            raise ConfigError(f"train and validation splits must differ, both are {self.train_split!r}")
+        _require_two_splits(self.train_split, self.val_split)
 
 
 @dataclass
@@ -106,9 +114,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         self.data, self.workdir = Path(self.data), Path(self.workdir)
-        for name in ("epochs", "batch_size", "accumulate", "patience"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        _require_counts(self, ("epochs", "batch_size", "accumulate", "patience"))
         for name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
                                      ("augment", self.augment, AUGMENTS), ("precision", self.precision, PRECISIONS),
                                      ("device", self.device, DEVICES)):
@@ -122,8 +128,7 @@ class FinetuneConfig:
                               f"{self.holdout}")
         if self.image_size is not None and self.image_size < 16:
             raise ConfigError(f"image_size must be at least 16, not {self.image_size}")
-        if self.train_split == self.val_split:
-            raise ConfigError(f"train and validation splits must differ, both are {self.train_split!r}")
+        _require_two_splits(self.train_split, self.val_split)
 
 
 @dataclass

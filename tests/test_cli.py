@@ -13,11 +13,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from features import workdir_lock
+from features import FeatureCache, cache_path, workdir_lock
 from pipeline import train as train_module
 from pipeline.cli import EXIT_BUSY, EXIT_INTERNAL, main
 
-from .conftest import IMAGE_SIZE
+from .conftest import IMAGE_SIZE, save_checkpoint
 
 SMOKE = ("--weights", "random", "--image-size", str(IMAGE_SIZE), "--workers", "0")
 QUICK_HEADS = ("--c-grid", "0.01,1", "--epochs", "5")
@@ -137,6 +137,23 @@ def test_run_does_every_stage_then_nothing(digits_folder, tmp_path):
     assert "Nothing to do" in second.output and second.output.count("(up to date)") == 10
     assert "reports:" in first.output and "reports:" not in second.output  # nothing retrained, reports current
     assert "best on test: up to date" in second.output
+
+
+def test_run_with_modern_backbones_from_an_offline_cache(digits_folder, tmp_path, monkeypatch):
+    """Any mix of backbones through every stage, with pretrained checkpoints already in the cache."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    for seed, name in enumerate(("convnext_tiny", "regnet_y_400mf")):
+        save_checkpoint(name, seed)
+    workdir = tmp_path / "work"
+    result = _run("run", "--data", str(digits_folder), "--workdir", str(workdir), "--backbones", "convnext_tiny,regnet_y_400mf",
+                  "--image-size", "64", "--workers", "0", "--views", "none", *QUICK_HEADS)
+    assert result.exit_code == 0, result.output
+    for name in ("convnext_tiny", "regnet_y_400mf", "concat", "ensemble", "best"):
+        assert (workdir / "heads" / f"{name}.pt").exists(), name
+    with FeatureCache(cache_path(workdir)) as cache:
+        assert cache.feature_shape("train", "convnext_tiny") == (768,) and cache.feature_shape("train", "regnet_y_400mf") == (440,)
+        assert cache.settings("train", "convnext_tiny")["weights"] == "imagenet:ConvNeXt_Tiny_Weights.IMAGENET1K_V1"
+    assert len((workdir / "submission.csv").read_text().splitlines()) == 7
 
 
 def test_run_refuses_before_extracting_what_a_later_stage_cannot_use(digits_copy, tmp_path):
