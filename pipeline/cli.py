@@ -210,18 +210,22 @@ def _head_config(o: dict[str, Any]) -> HeadConfig:
     return HeadConfig(**{f.name: given[f.name] for f in fields(HeadConfig) if f.name in given})
 
 
-def _progress() -> Any:
+def _progress(prefix: str) -> Any:
     from tqdm import tqdm
 
-    class SplitProgress:
-        """One tqdm bar per split in turn, showing images per second."""
+    class StepProgress:
+        """One tqdm bar per step in turn (a split, an epoch), showing images per second and any running loss."""
 
         bar: Any = None
+        what = ""
 
-        def __call__(self, split: str, advanced: int, total: int) -> None:
-            if self.bar is None:
-                self.bar = tqdm(total=total, desc=f"extract {split}", unit="img", dynamic_ncols=True)
+        def __call__(self, what: str, advanced: int, total: int, loss: float | None = None) -> None:
+            if self.bar is None or what != self.what:
+                self.close()
+                self.bar, self.what = tqdm(total=total, desc=f"{prefix}{what}", unit="img", dynamic_ncols=True), what
             self.bar.update(advanced)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             if self.bar.n >= total:  # close now, so the bar's rate is not diluted by what comes next
                 self.close()
 
@@ -230,13 +234,13 @@ def _progress() -> Any:
                 self.bar.close()
             self.bar = None
 
-    return SplitProgress()
+    return StepProgress()
 
 
-def _with_progress(run: Callable[[Any], Any]) -> Any:
+def _with_progress(run: Callable[[Any], Any], prefix: str = "extract ") -> Any:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    progress = _progress()
+    progress = _progress(prefix)
     try:
         with logging_redirect_tqdm():
             return run(progress)
@@ -460,7 +464,7 @@ def finetune_command(**o: Any) -> None:
     """Train a backbone's top blocks (or all of it) on the data's classes; resumes where a run stopped."""
     from .finetune import finetune
 
-    result = _with_finetune_progress(lambda progress: finetune(FinetuneConfig(**o), progress=progress))
+    result = _with_progress(lambda progress: finetune(FinetuneConfig(**o), progress=progress), prefix="")
     if not result.metrics:  # a torchrun rank other than 0
         return
     if result.skipped:
@@ -469,30 +473,6 @@ def finetune_command(**o: Any) -> None:
     click.echo(f"{result.checkpoint}: best epoch {result.metrics['chosen']['epochs']}, trained "
                f"{', '.join(result.metrics['trained_blocks'])}")
     _after_training(o["workdir"], [result])
-
-
-def _with_finetune_progress(run: Callable[[Any], Any]) -> Any:
-    """A tqdm bar per epoch with images per second and the running loss."""
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    bars: dict[str, Any] = {}
-
-    def progress(what: str, advanced: int, total: int, loss: float | None) -> None:
-        if what not in bars:
-            for bar in bars.values():
-                bar.close()
-            bars[what] = tqdm(total=total, desc=what, unit="img", dynamic_ncols=True)
-        bars[what].update(advanced)
-        if loss is not None:
-            bars[what].set_postfix(loss=f"{loss:.4f}", refresh=False)
-
-    try:
-        with logging_redirect_tqdm():
-            return run(progress)
-    finally:
-        for bar in bars.values():
-            bar.close()
 
 
 @main.command("run", context_settings={"show_default": True})

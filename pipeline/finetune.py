@@ -39,7 +39,7 @@ from features import (FINETUNED_FORMAT, BackboneSpec, ConfigError, DataLayoutErr
 from .blend import accuracy, log_loss, stratified_holdout
 from .config import FINETUNED_PREFIX, FinetuneConfig
 from .predict import Probabilities
-from .status import metrics_dir
+from .status import finetuned_checkpoint, finetuned_dir, metrics_dir
 from .train import write_outputs, write_summary
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,6 @@ class FinetuneResult:
     @property
     def name(self) -> str:
         return model_name(self.checkpoint.stem)
-
-
-def finetuned_dir(workdir: Path) -> Path:
-    return Path(workdir) / "finetuned"
 
 
 def model_name(backbone: str) -> str:
@@ -307,7 +303,7 @@ def train_one_epoch(run: _Run, loader: DataLoader, progress: ProgressFn | None, 
             run.optimizer.zero_grad(set_to_none=True)
             run.scheduler.step()
         if progress is not None:
-            progress(what, len(labels) + len(failed), len(loader.dataset), total_loss / max(seen, 1))
+            progress(what, len(labels) + len(failed), len(loader.sampler), total_loss / max(seen, 1))  # this rank's images
     return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
 
 
@@ -534,7 +530,7 @@ def _write_results(cfg: FinetuneConfig, spec: BackboneSpec, size: int, data: _Da
 
 def _checkpoint_of(workdir: Path, model: str) -> tuple[BackboneSpec, Path]:
     backbone = model[len(FINETUNED_PREFIX):]
-    path = finetuned_dir(workdir) / f"{backbone}.pt"
+    path = finetuned_checkpoint(workdir, model)
     if not path.exists():
         raise ConfigError(f"no fine-tuned {backbone or 'network'} in {finetuned_dir(workdir)}; run `cnnfeat finetune "
                           f"--backbone {backbone or '<name>'} --workdir {workdir}` first")

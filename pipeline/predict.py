@@ -27,7 +27,7 @@ from .blend import accuracy, blend_proba, log_loss, view_proba
 from .config import FINETUNED_PREFIX, PredictConfig
 from .data import FeatureTable
 from .heads import Blend, Classifier, Model, head_logits, load_model
-from .status import heads_dir
+from .status import finetuned_checkpoint, heads_dir
 
 
 @dataclass
@@ -112,7 +112,7 @@ def submission_frame(probs: Probabilities, kaggle_binary: bool = False, clip: fl
 def _submission_key(cfg: PredictConfig, data: Path | None) -> str:
     """Changes with the model file, the split's files (and features), and the output options."""
     if data is not None:  # a fine-tuned network: its checkpoint and the images it reads
-        digest = hashlib.sha256((cfg.workdir / "finetuned" / f"{cfg.model[len(FINETUNED_PREFIX):]}.pt").read_bytes())
+        digest = hashlib.sha256(finetuned_checkpoint(cfg.workdir, cfg.model).read_bytes())
         digest.update(scan_data_folder(data).fingerprint(cfg.split).encode())
         digest.update(json.dumps([str(data.resolve()), cfg.tta]).encode())
     else:

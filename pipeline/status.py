@@ -30,6 +30,15 @@ def heads_dir(workdir: Path) -> Path:
     return Path(workdir) / "heads"
 
 
+def finetuned_dir(workdir: Path) -> Path:
+    return Path(workdir) / "finetuned"
+
+
+def finetuned_checkpoint(workdir: Path, model: str) -> Path:
+    """finetuned/<backbone>.pt, the network behind the model name `finetuned-<backbone>`."""
+    return finetuned_dir(workdir) / f"{model[len(FINETUNED_PREFIX):]}.pt"
+
+
 def metrics_dir(workdir: Path) -> Path:
     return Path(workdir) / "metrics"
 
@@ -71,8 +80,7 @@ def staleness(cache: FeatureCache, workdir: Path, name: str, changing: set[tuple
     A fine-tuned network reads images, not the cache: it is current while its checkpoint is there
     (rerunning `cnnfeat finetune` retrains it when its data or settings change)."""
     if name.startswith(FINETUNED_PREFIX):
-        present = (Path(workdir) / "finetuned" / f"{name[len(FINETUNED_PREFIX):]}.pt").exists()
-        return "" if present else "its fine-tuned checkpoint is missing; run `cnnfeat finetune` again"
+        return "" if finetuned_checkpoint(workdir, name).exists() else "its fine-tuned checkpoint is missing; run `cnnfeat finetune` again"
     if not (heads_dir(workdir) / f"{name}.pt").exists():
         return "not trained yet"
     data = read_sidecar(workdir, name)
