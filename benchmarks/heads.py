@@ -25,7 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from features import FeatureCache, cache_path
-from features.store import SplitContent, Staging, commit_cache
+from features.staging import Staging
+from features.store import SplitContent, commit_cache
 from pipeline.config import HeadConfig
 from pipeline.train import select_best, train_concat, train_ensemble, train_linear_heads
 

@@ -17,9 +17,11 @@ from typing import Any
 __version__ = "0.2.0"
 
 _EXPORTS = {
-    "backbones": ("FINETUNED_FORMAT", "CatalogEntry", "FrozenBackbone", "Preprocessing", "build_model", "catalog",
-                  "checkpoint_path", "default_image_size", "file_sha256", "final_linear", "finetuned_path", "load_backbone", "load_finetuned",
+    "backbones": ("CatalogEntry", "FrozenBackbone", "Preprocessing", "build_model", "catalog",
+                  "checkpoint_path", "default_image_size", "final_linear", "load_backbone",
                   "normalize", "preprocessing", "weights_enum"),
+    "checkpoint": ("FINETUNED_FORMAT", "FinetunedCheckpoint", "file_sha256", "finetuned_path", "load_finetuned",
+                   "read_torch_file", "save_finetuned"),
     "config": ("DECODERS", "DEVICES", "HFLIP", "POOLS", "PRECISIONS", "VIEWS", "WEIGHTS", "ExtractConfig"),
     "errors": ("CacheError", "CnnfeatError", "ConfigError", "DataLayoutError", "HeadError", "MissingInputError", "OutputExistsError",
                "WeightsUnavailableError", "WorkdirBusyError"),
@@ -30,7 +32,9 @@ _EXPORTS = {
     "images": ("load_rgb", "open_rgb", "square_tensor"),
     "prepare": ("DEFAULT_LABEL_PATTERN", "PROBLEMS_FILE", "PrepareConfig", "PrepareReport", "prepare"),
     "registry": ("BOOK", "BackboneSpec", "get_backbone", "resolve_backbones", "split_names"),
-    "store": ("VALUE_SETTINGS", "FeatureCache", "atomic_output", "cache_path", "dataset_name", "workdir_lock"),
+    "files": ("atomic_output", "workdir_lock"),
+    "staging": ("VALUE_SETTINGS",),
+    "store": ("FeatureCache", "cache_path", "dataset_name"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

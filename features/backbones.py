@@ -13,7 +13,6 @@ only through torchvision's weights enums and cache ($TORCH_HOME/hub/checkpoints)
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import time
@@ -31,15 +30,13 @@ import torchvision
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .checkpoint import file_sha256, finetuned_path, load_finetuned, read_torch_file
 from .config import POOLS
-from .errors import ConfigError, MissingInputError, WeightsUnavailableError
+from .errors import ConfigError, WeightsUnavailableError
 from .registry import BOOK, BackboneSpec, get_backbone, torchvision_models
 
 log = logging.getLogger(__name__)
 
-
-
-FINETUNED_FORMAT = "cnnfeat-finetuned"  # `cnnfeat finetune` writes it, `--weights PATH` reads it
 
 
 @dataclass(frozen=True)
@@ -80,47 +77,6 @@ def timm_cache_folder(spec: BackboneSpec) -> tuple[Path, str]:
 
 def _timm_name(spec: BackboneSpec) -> str:
     return f"{spec.builder}.{spec.weights}" if spec.weights not in ("", "DEFAULT") else spec.builder
-
-
-def finetuned_path(weights: str) -> Path | None:
-    """The fine-tuned checkpoint file `--weights` names (a path), or None for imagenet, random or a weights name."""
-    if weights in ("imagenet", "random") or not (weights.endswith((".pt", ".pth")) or os.sep in weights):
-        return None
-    path = Path(weights)
-    if not path.is_file():
-        raise MissingInputError(f"--weights {weights}: no such checkpoint file; `cnnfeat finetune` writes them "
-                                f"to <workdir>/finetuned/<backbone>.pt")
-    return path
-
-
-def load_finetuned(path: Path, spec: BackboneSpec | None = None) -> dict[str, Any]:
-    """A fine-tuned checkpoint (README: "Fine-tuned checkpoints"), checked, never unpickling code."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved.get("format") != FINETUNED_FORMAT:
-            raise ValueError(f"its format is {saved.get('format')!r}, not {FINETUNED_FORMAT!r}")
-    except Exception as err:  # noqa: BLE001 - any failure here means the file is not a usable checkpoint
-        raise WeightsUnavailableError(f"{path} is not a cnnfeat fine-tuned checkpoint ({type(err).__name__}: {err}); "
-                                      f"make it with `cnnfeat finetune`") from err
-    if spec is not None and saved["backbone"] != spec.name:
-        raise ConfigError(f"{path} is a fine-tuned {saved['backbone']}, not {spec.name}; pass it with "
-                          f"--backbone {saved['backbone']}")
-    return saved
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """The file's SHA-256, computed once per version of the file in a process."""
-    stat = path.stat()
-    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def weights_label(spec: BackboneSpec, weights: str, seed: int) -> str:
@@ -213,13 +169,9 @@ def load_checkpoint(spec: BackboneSpec, weights: str = "imagenet") -> dict[str, 
             torch.hub.download_url_to_file(enum.url, str(path), hash_prefix=_hash_prefix(path))
         except Exception as err:  # noqa: BLE001 - urllib's errors, a hash mismatch: the file is not to be had
             raise WeightsUnavailableError(_missing_message(spec, path, enum.url, err)) from err
-    try:  # torchvision's own loader unpickles with weights_only=False; a tampered file could run code
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a cached file that fails to load in any way is broken
-        raise WeightsUnavailableError(
-            f"the cached checkpoint for {spec.name} could not be loaded ({type(err).__name__}: {err}).\n"
-            f"  file: {path}\nDelete it and run again to download it afresh, or replace it with a good copy."
-        ) from err
+    # torchvision's own loader unpickles with weights_only=False; a tampered file could run code
+    return read_torch_file(path, f"a loadable checkpoint for {spec.name}", WeightsUnavailableError,
+                           "delete it and run again to download it afresh, or replace it with a good copy")
 
 
 def _hash_prefix(path: Path) -> str | None:

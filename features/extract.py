@@ -34,8 +34,9 @@ from .errors import CacheError, ConfigError, WeightsUnavailableError
 from .folder import DataFolder, Split, scan_data_folder
 from .images import DecodedBatch, DecodeStream, ImageFiles, collate_decoded, decode_on_device
 from .registry import BackboneSpec, resolve_backbones
-from .store import (FeatureCache, SplitContent, Staging, cache_path, commit_cache, dataset_name, is_up_to_date,
-                    workdir_lock)
+from .files import workdir_lock
+from .staging import Staging
+from .store import FeatureCache, SplitContent, cache_path, commit_cache, dataset_name, is_up_to_date
 
 log = logging.getLogger(__name__)
 

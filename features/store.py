@@ -1,4 +1,4 @@
-"""The feature cache: one HDF5 file, written only whole, and the staging area that makes runs resumable.
+"""The feature cache: one HDF5 file that any HDF5 tool can read, and the only way the pipeline reads features.
 
 Layout of `<workdir>/features.h5` (public; see README):
 
@@ -10,46 +10,33 @@ Layout of `<workdir>/features.h5` (public; see README):
     /<split>/<backbone>    (N, D) float32 (N, C, H, W with pool "none"); attrs: backbone, weights, pool, ...
 /<split>/<backbone>_hflip  the same for the images mirrored left-right (extract --views hflip); attrs: view="hflip"
 
-Why two places: HDF5 has no journal, so a process killed while writing can leave a file that no
-longer opens. Extraction therefore writes each batch as its own small file under
-`<workdir>/.staging/` (atomically renamed into place), and only a finished run builds a new
-`features.h5.tmp` and renames it over the old file. A kill at any moment leaves the old cache intact
-and the finished batches on disk for the next run to resume from.
+Written only whole: extraction stages batches (staging.py) and only a finished run builds a new
+`features.h5.tmp` and renames it over the old file, so a kill at any moment leaves the old cache
+intact and the finished batches on disk for the next run to resume from.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
-import hashlib
 import json
 import logging
-import os
 import resource
 import shutil
-import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
 
 import h5py
 import numpy as np
 
-from .errors import CacheError, WorkdirBusyError
+from .errors import CacheError
+from .files import atomic_output, fsync_path
+from .staging import VALUE_SETTINGS, Staging
 
 log = logging.getLogger(__name__)
 
 FORMAT = "cnnfeat-features"
 FORMAT_VERSION = 1
 CACHE_NAME = "features.h5"
-STAGING_DIR = ".staging"
-LOCK_NAME = ".lock"
-# Settings that change feature values; a dataset whose recorded settings differ is recomputed.
-VALUE_SETTINGS = ("backbone", "weights", "pool", "image_size", "precision", "orientation", "view")
-# Staged batches are reused only if they were also made by the same decoder on the same kind of device,
-# so a run stopped on a CPU and resumed on a GPU never mixes their batches in one dataset.
-STAGING_SETTINGS = (*VALUE_SETTINGS, "decode", "device", "conv_precision")
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -60,176 +47,6 @@ def cache_path(workdir: str | Path) -> Path:
 def dataset_name(backbone: str, view: str = "") -> str:
     """/<split>/<backbone> holds the plain view, /<split>/<backbone>_<view> another (hflip: mirrored)."""
     return f"{backbone}_{view}" if view else backbone
-
-
-@contextmanager
-def workdir_lock(workdir: Path) -> Iterator[None]:
-    """Hold the workdir exclusively; the OS drops the lock when the process dies, even by kill -9.
-
-    The lock file is removed on release, and a workdir this call created is removed again if
-    nothing was written to it, so a run that fails early leaves nothing behind.
-    """
-    created = not workdir.exists()
-    workdir.mkdir(parents=True, exist_ok=True)
-    lock = workdir / LOCK_NAME
-    try:
-        with _locked(lock) as handle:
-            handle.write(str(os.getpid()))
-            handle.flush()
-            try:
-                yield
-            finally:
-                lock.unlink(missing_ok=True)  # while still locked: nobody can take a lock on it meanwhile
-    finally:
-        if created and workdir.is_dir() and not any(workdir.iterdir()):
-            workdir.rmdir()
-
-
-@contextmanager
-def _locked(lock: Path) -> Iterator[IO[str]]:
-    """An open, exclusively locked lock file that is still the one at its path.
-
-    A holder unlinks the file before unlocking; a process that opened it just before must then
-    not count its lock as held, or two processes would each hold a lock on a different file.
-    """
-    while True:
-        handle = open(lock, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            if err.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            raise WorkdirBusyError(
-                f"another cnnfeat process (pid {holder}) is writing to {lock.parent}; "
-                f"wait for it to finish, or use another --workdir"
-            ) from None
-        try:
-            same = os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        handle.close()
-    try:
-        handle.seek(0)
-        handle.truncate()
-        yield handle
-    finally:
-        handle.close()  # closing releases the lock
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Write to the yielded temporary path; it replaces `path` only if the block finishes.
-
-    Readers see the old file or the new one, never half of one, whatever happens to the writer.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        yield tmp
-        _fsync_path(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _atomic_save(path: Path, **arrays: np.ndarray) -> None:
-    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-
-
-class Staging:
-    """Finished batches of one (split, backbone, settings) job, one .npz file each, for resuming."""
-
-    def __init__(self, workdir: Path, split: str, dataset: str, key: str) -> None:
-        self.dataset = dataset
-        self.folder = Path(workdir) / STAGING_DIR / split / f"{dataset}-{key}"
-
-    @staticmethod
-    def key(settings: dict, fingerprint: str) -> str:
-        """Staged batches are reused only for the very same settings, decoder, device and files."""
-        blob = json.dumps({k: settings.get(k) for k in STAGING_SETTINGS}, sort_keys=True) + fingerprint
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    @staticmethod
-    def remove_splits_other_than(workdir: Path, splits: set[str]) -> None:
-        """Staged batches of splits the data folder no longer has are never used again."""
-        root = Path(workdir) / STAGING_DIR
-        for folder in root.iterdir() if root.is_dir() else ():
-            if folder.name not in splits:
-                shutil.rmtree(folder, ignore_errors=True)
-
-    def _chunk_files(self) -> list[Path]:
-        return sorted(self.folder.glob("*.npz")) if self.folder.is_dir() else []
-
-    @staticmethod
-    def _span(path: Path) -> tuple[int, int]:
-        start, stop = path.stem.split("-")
-        return int(start), int(stop)
-
-    def done_rows(self, n: int) -> np.ndarray:
-        """Which of the split's n scanned rows are staged; a run computes only the others."""
-        done = np.zeros(n, dtype=bool)
-        for path in self._chunk_files():
-            start, stop = self._span(path)
-            done[start:stop] = True
-        return done
-
-    def save(self, start: int, stop: int, rows: np.ndarray, features: np.ndarray,
-             failed_rows: list[int], failed_reasons: list[str]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        _atomic_save(
-            self.folder / f"{start:010d}-{stop:010d}.npz",
-            rows=rows.astype(np.int64),
-            features=features.astype(np.float32, copy=False),
-            failed_rows=np.asarray(failed_rows, dtype=np.int64),
-            failed_reasons=np.asarray(failed_reasons, dtype=np.str_),
-        )
-
-    def chunks(self) -> Iterator[dict[str, np.ndarray]]:
-        """Each staged batch; never unpickles (allow_pickle=False), a damaged file is a clear error."""
-        for path in self._chunk_files():
-            try:
-                with np.load(path, allow_pickle=False) as data:
-                    chunk = {name: data[name] for name in data.files}
-            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
-                raise CacheError(
-                    f"staged batch {path} is unreadable ({type(err).__name__}: {err}); "
-                    f"delete {self.folder} and run the same command again"
-                ) from err
-            yield chunk
-
-    def failures(self) -> dict[int, str]:
-        return {
-            int(row): str(reason)
-            for chunk in self.chunks()
-            for row, reason in zip(chunk["failed_rows"], chunk["failed_reasons"])
-        }
-
-    def remove_other_versions(self) -> None:
-        """Batches of this (split, dataset) made for other files or settings are never used again."""
-        for folder in self.folder.parent.glob(f"{self.dataset}-*"):
-            if folder != self.folder:
-                shutil.rmtree(folder, ignore_errors=True)
-
-    def remove_all_versions(self) -> None:
-        """Once committed, this (split, dataset)'s batches are in the cache, and any other settings' are stale."""
-        for folder in self.folder.parent.glob(f"{self.dataset}-*"):
-            shutil.rmtree(folder, ignore_errors=True)
-        for empty in (self.folder.parent, self.folder.parent.parent):
-            if empty.is_dir() and not any(empty.iterdir()):
-                empty.rmdir()
 
 
 @dataclass
@@ -260,7 +77,7 @@ def commit_cache(path: Path, classes: tuple[str, ...], data_root: str, splits: l
                              classes=json.dumps(list(classes)), data_root=data_root)
             for content in splits:
                 _write_split(out, old, content)
-        _fsync_path(path.parent)
+        fsync_path(path.parent)
     finally:
         if old is not None:
             old.close()

@@ -13,7 +13,8 @@ from PIL import Image
 from features import BOOK, ConfigError, FeatureCache, WeightsUnavailableError, WorkdirBusyError, extract, get_backbone, load_backbone
 from features.extract import StagingWriter, pad_rows
 from features.images import DecodedBatch, load_rgb
-from features.store import Staging, workdir_lock
+from features.files import workdir_lock
+from features.staging import Staging
 
 from .conftest import IMAGE_SIZE, assert_same_features, cosines, extract_config, snapshot
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 from features import CacheError, FeatureCache, HeadError, WeightsUnavailableError, checkpoint_path, extract, get_backbone
 from features.images import ImageFiles, collate_decoded, decode_on_device
-from features.store import Staging
+from features.staging import Staging
 from pipeline.heads import load_model
 
 from .conftest import IMAGE_SIZE, assert_same_features, extract_config

@@ -3,55 +3,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features.store import (
-    CacheError,
-    FeatureCache,
-    SplitContent,
-    Staging,
-    WorkdirBusyError,
-    commit_cache,
-    workdir_lock,
-)
+from features.errors import CacheError
+from features.staging import Staging
+from features.store import FeatureCache, SplitContent, commit_cache
 
 
 def _stage(staging: Staging, start: int, stop: int, failed: tuple[int, ...] = ()) -> None:
     rows = np.array([r for r in range(start, stop) if r not in failed])
     staging.save(start, stop, rows, rows[:, None].repeat(3, axis=1).astype(np.float32),
                  list(failed), ["broken"] * len(failed))
-
-
-def test_staging_knows_every_staged_row_gaps_included(tmp_path):
-    staging = Staging(tmp_path, "train", "resnet34", "k")
-    assert not staging.done_rows(18).any()
-    _stage(staging, 0, 4)
-    _stage(staging, 4, 8)
-    _stage(staging, 12, 16, failed=(13,))  # a gap at 8..12 (another rank's batch, or a killed one)
-    expected = [r < 8 or 12 <= r < 16 for r in range(18)]
-    assert staging.done_rows(18).tolist() == expected
-    assert not list(staging.folder.glob("*.tmp"))
-
-
-def test_staging_key_depends_on_settings_decoder_device_and_files():
-    settings = dict(backbone="resnet34", weights="w", pool="avg", image_size=299, precision="fp32", orientation="exif",
-                    view="", decode="PIL", device="cpu", conv_precision="fp32")
-    key = Staging.key(settings, "files")
-    assert key == Staging.key({**settings, "torch_version": "other"}, "files")
-    for change in ({"pool": "max"}, {"decode": "torchvision.io.decode_jpeg"}, {"device": "NVIDIA H100"},
-                   {"conv_precision": "tf32"}, {"view": "hflip"}):
-        assert key != Staging.key({**settings, **change}, "files"), change
-    assert key != Staging.key(settings, "other files")
-
-
-def test_staged_batches_of_older_settings_and_gone_splits_are_removed(tmp_path):
-    old, new = Staging(tmp_path, "train", "resnet34", "old"), Staging(tmp_path, "train", "resnet34", "new")
-    other = Staging(tmp_path, "train", "inception", "old")
-    gone = Staging(tmp_path, "extra", "resnet34", "k")
-    for staging in (old, new, other, gone):
-        _stage(staging, 0, 2)
-    new.remove_other_versions()
-    assert not old.folder.exists() and new.folder.exists() and other.folder.exists()
-    Staging.remove_splits_other_than(tmp_path, {"train"})
-    assert not gone.folder.exists() and new.folder.exists()
 
 
 def test_rows_no_batch_covered_are_refused_not_left_zero(tmp_path):
@@ -130,24 +90,3 @@ def test_missing_split_or_backbone_names_what_exists(tmp_path):
             cache.paths("valid")
         with pytest.raises(CacheError, match="'inception' has no features.*cached: resnet34.*--backbone inception"):
             cache.features("train", "inception")
-
-
-def test_a_second_writer_is_refused(tmp_path):
-    with workdir_lock(tmp_path):
-        with pytest.raises(WorkdirBusyError, match="another cnnfeat process"):
-            with workdir_lock(tmp_path):
-                pass
-    with workdir_lock(tmp_path):  # released on exit
-        pass
-
-
-def test_the_lock_leaves_nothing_behind(tmp_path):
-    workdir = tmp_path / "new"
-    with pytest.raises(RuntimeError):
-        with workdir_lock(workdir):
-            assert (workdir / ".lock").exists()
-            raise RuntimeError("the run failed before writing anything")
-    assert not workdir.exists()  # it made the folder, and nothing was written to it
-    with workdir_lock(tmp_path):
-        (tmp_path / "kept.txt").write_text("output")
-    assert (tmp_path / "kept.txt").exists() and not (tmp_path / ".lock").exists()
