@@ -25,9 +25,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from features import BOOK, ExtractConfig, FeatureCache, cache_path, extract
-from pipeline.config import HeadConfig
-from pipeline.predict import class_probabilities
-from pipeline.train import select_best, train_concat, train_ensemble, train_linear_heads
+from pipeline.heads import (HeadConfig, class_probabilities, select_best, train_concat, train_ensemble,
+                            train_linear_heads)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "data"))
 import make_digits  # noqa: E402 - the shipped data script

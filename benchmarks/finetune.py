@@ -27,8 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from make_digits import write_digits  # noqa: E402 - the shipped data's generator
 
 from features import default_workers, resolve_device  # noqa: E402
-from pipeline.config import FinetuneConfig  # noqa: E402
-from pipeline.finetune import finetune  # noqa: E402
+from pipeline.finetune import FinetuneConfig, finetune  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

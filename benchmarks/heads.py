@@ -27,8 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from features import FeatureCache, cache_path
 from features.staging import Staging
 from features.store import SplitContent, commit_cache
-from pipeline.config import HeadConfig
-from pipeline.train import select_best, train_concat, train_ensemble, train_linear_heads
+from pipeline.heads import HeadConfig, select_best, train_concat, train_ensemble, train_linear_heads
 
 DIMS = {"resnet34": 512, "inception": 2048, "densenet121": 1024}
 NOISE = 8.0  # per-feature spread around the class centres

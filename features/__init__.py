@@ -9,10 +9,11 @@ not torch: the CLI's `info`, `prepare` and `--help` start in a fraction of a sec
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import Any
+
+from .lazy import lazy_exports
 
 __version__ = "0.2.0"
 
@@ -22,12 +23,17 @@ _EXPORTS = {
                   "normalize", "preprocessing", "weights_enum"),
     "checkpoint": ("FINETUNED_FORMAT", "FinetunedCheckpoint", "file_sha256", "finetuned_path", "load_finetuned",
                    "read_torch_file", "save_finetuned"),
-    "config": ("DECODERS", "DEVICES", "HFLIP", "POOLS", "PRECISIONS", "VIEWS", "WEIGHTS", "ExtractConfig"),
-    "errors": ("CacheError", "CnnfeatError", "ConfigError", "DataLayoutError", "HeadError", "MissingInputError", "OutputExistsError",
+    "config": ("ALL_BACKBONES", "DECODERS", "DEFAULT_DEVICE", "DEFAULT_SEED", "DEFAULT_WORKDIR", "DEVICES", "HFLIP",
+               "POOLS", "PRECISIONS", "VIEWS", "ExtractConfig", "ProgressFn", "plain_settings", "require_choices", "require_counts",
+               "require_two_splits"),
+    "errors": ("CacheError", "CnnfeatError", "ConfigError", "DataLayoutError", "MissingInputError", "OutputExistsError",
                "WeightsUnavailableError", "WorkdirBusyError"),
     "distributed": ("Ranks", "torchrun_ranks"),
-    "extract": ("ExtractReport", "ProgressFn", "default_workers", "extract", "resolve_device"),
-    "folder": ("DataFolder", "Split", "scan_data_folder"),
+    "devices": ("default_workers", "resolve_device"),
+    "extract": ("ExtractReport", "extract"),
+    "folder": ("UNLABELED", "DataFolder", "Split", "label_of", "scan_data_folder"),
+    "metrics": ("EPS", "accuracy", "class_prior", "log_loss"),
+    "splits": ("ValidationPlan", "stratified_folds", "stratified_holdout", "validation_plan"),
     "freshness": ("check_fresh", "pending_extraction"),
     "images": ("load_rgb", "open_rgb", "square_tensor"),
     "prepare": ("DEFAULT_LABEL_PATTERN", "PROBLEMS_FILE", "PrepareConfig", "PrepareReport", "prepare"),
@@ -36,16 +42,8 @@ _EXPORTS = {
     "staging": ("VALUE_SETTINGS",),
     "store": ("FeatureCache", "cache_path", "dataset_name"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'features' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
-    globals()[name] = value
-    return value
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 class _Package(types.ModuleType):
@@ -57,7 +55,7 @@ class _Package(types.ModuleType):
     """
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and name in _MODULE_OF:
+        if isinstance(value, types.ModuleType) and name in __all__:
             return
         super().__setattr__(name, value)
 

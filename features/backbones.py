@@ -5,30 +5,30 @@
     feats = backbone(backbone.preprocess(images_uint8))      # (N, 3, H, W) uint8 -> (N, 2048)
 
 The feature of every model is the input of its final Linear (timm's "pre-logits"), pooled as
-asked; the forward stops as soon as it is computed, so no classifier runs. Pretrained weights load
+asked; the forward is cut where the feature is, so no classifier runs. Pretrained weights load
 only through torchvision's weights enums and cache ($TORCH_HOME/hub/checkpoints) or timm's
-(Hugging Face's cache), never silently replaced by random ones.
+(Hugging Face's cache), never silently replaced by random ones. What differs between the two
+libraries lives in one class each, TorchvisionSource and TimmSource, chosen by the entry's source.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
-from unittest import mock
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.fx
 import torch.nn.functional as F
 import torchvision
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .checkpoint import file_sha256, finetuned_path, load_finetuned, read_torch_file
 from .config import POOLS
@@ -36,7 +36,6 @@ from .errors import ConfigError, WeightsUnavailableError
 from .registry import BOOK, BackboneSpec, get_backbone, torchvision_models
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -86,9 +85,7 @@ def weights_label(spec: BackboneSpec, weights: str, seed: int) -> str:
         return f"random:seed={seed}"
     if (path := finetuned_path(weights)) is not None:
         return f"finetuned:sha256={file_sha256(path)}"
-    if spec.source == "timm":
-        return f"timm:{_timm_name(spec)}"
-    return f"imagenet:{weights_enum(spec, weights)}"
+    return source_of(spec).weights_label(spec, weights)
 
 
 def weights_file(spec: BackboneSpec, weights: str) -> str:
@@ -97,27 +94,17 @@ def weights_file(spec: BackboneSpec, weights: str) -> str:
         return ""
     if (path := finetuned_path(weights)) is not None:
         return path.name
-    if spec.source == "timm":
-        return timm_cache_folder(spec)[1]
-    return checkpoint_path(spec, weights).name
+    return source_of(spec).weights_file(spec, weights)
 
 
 def preprocessing(spec: BackboneSpec, weights: str) -> Preprocessing:
-    """Mean, std and sizes from the weights themselves: torchvision's enum, timm's pretrained config, or
-    what a fine-tuned checkpoint was trained with."""
+    """Mean, std and sizes from the weights themselves (their library's own record), or what a fine-tuned
+    checkpoint was trained with."""
     if (path := finetuned_path(weights)) is not None:
         saved = load_finetuned(path, spec)["preprocessing"]
         base = preprocessing(spec, "imagenet")
         return Preprocessing(tuple(saved["mean"]), tuple(saved["std"]), int(saved["image_size"]), base.min_size)
-    if spec.source == "timm":
-        import timm
-
-        cfg = timm.data.resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(_timm_name(spec)).to_dict())
-        return Preprocessing(tuple(cfg["mean"]), tuple(cfg["std"]), int(cfg["input_size"][-1]), 1)
-    enum = weights_enum(spec, weights)
-    transform = enum.transforms()
-    return Preprocessing(tuple(transform.mean), tuple(transform.std), int(transform.crop_size[0]),
-                         int(min(enum.meta.get("min_size", (1, 1)))))
+    return source_of(spec).preprocessing(spec, weights)
 
 
 def default_image_size(spec: BackboneSpec, weights: str) -> int:
@@ -131,32 +118,7 @@ def default_image_size(spec: BackboneSpec, weights: str) -> int:
 def build_model(spec: BackboneSpec, weights: str = "imagenet", seed: int = 0) -> nn.Module:
     """The model with pretrained weights through its library's own cache, a fine-tuned checkpoint's, or
     seeded random ones."""
-    if spec.source == "timm":
-        return _build_timm(spec, weights, seed)
-    if (path := finetuned_path(weights)) is not None:
-        saved = load_finetuned(path, spec)
-        with _parameters_on_meta(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            model = torchvision.models.get_model(spec.builder, weights=None, num_classes=len(saved["classes"]),
-                                                 **saved["builder_kwargs"])
-        model.load_state_dict(saved["state_dict"], assign=True)
-        return model
-    if weights == "random":
-        torch.manual_seed(seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torchvision's notes on future default inits
-            return torchvision.models.get_model(spec.builder, weights=None, **spec.random_kwargs)
-    enum = weights_enum(spec, weights)
-    state = load_checkpoint(spec, weights)
-    # torchvision's builder sets the architecture the weights need (classes, Inception's
-    # transform_input, ViT's image size) and loads them; here it gets the state already in
-    # memory, into parameters on the meta device, and the state's tensors are then put in their place
-    with _parameters_on_meta(), mock.patch.object(type(enum), "get_state_dict", lambda *a, **k: state), \
-            warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
-        model = torchvision.models.get_model(spec.builder, weights=enum)
-    model.load_state_dict(state, assign=True)
-    return model
+    return source_of(spec).build(spec, weights, seed)
 
 
 def load_checkpoint(spec: BackboneSpec, weights: str = "imagenet") -> dict[str, torch.Tensor]:
@@ -187,49 +149,6 @@ def _missing_message(spec: BackboneSpec, path: Path, url: str, err: Exception) -
             f"into that folder, or pass --weights random for a smoke run.")
 
 
-@contextmanager
-def _parameters_on_meta() -> Iterator[None]:
-    """New parameters go to the meta device: no memory, and initialising them costs nothing.
-
-    A checkpoint overwrites every parameter anyway; load_state_dict(assign=True) then puts its
-    tensors in their place. Builders that compute with tensors (RegNet's widths) still work,
-    since only parameters move, unlike under `with torch.device("meta")`.
-    """
-    register = nn.Module.register_parameter
-
-    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        register(module, name, param)
-        if param is not None:
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register  # type: ignore[method-assign]
-
-
-def _build_timm(spec: BackboneSpec, weights: str, seed: int) -> nn.Module:
-    import timm
-
-    if weights not in ("imagenet", "random"):
-        raise ConfigError(f"{spec.name}: --weights takes imagenet or random for timm models; pick the "
-                          f"pretrained tag in the name instead (timm:{spec.builder}.<tag>)")
-    if weights == "random":
-        torch.manual_seed(seed)
-        return timm.create_model(_timm_name(spec), pretrained=False)
-    try:
-        return timm.create_model(_timm_name(spec), pretrained=True)
-    except (OSError, RuntimeError) as err:  # huggingface_hub's LocalEntryNotFoundError is an OSError
-        folder, name = timm_cache_folder(spec)
-        raise WeightsUnavailableError(
-            f"pretrained weights for {spec.name} are not cached and could not be downloaded ({err}).\n"
-            f"  missing file: {name}\n  folder:       {folder}\n"
-            f"On an online machine run the same command once (timm downloads them from the Hugging Face Hub), "
-            f"or copy that folder into the cache (set HF_HOME to use another one), or pass --weights random."
-        ) from err
-
-
 def pool_features(fmap: torch.Tensor, pool: str) -> torch.Tensor:
     """(N, C, H, W) -> (N, C) for avg/max, unchanged for none."""
     if pool == "avg":
@@ -241,32 +160,37 @@ def pool_features(fmap: torch.Tensor, pool: str) -> torch.Tensor:
     raise ConfigError(f"pool must be one of {POOLS}, not {pool!r}")
 
 
-def fold_batchnorm(model: nn.Module) -> int:
+def fold_batchnorm(model: nn.Module, graph: torch.fx.Graph | None = None) -> int:
     """Fold each eval-mode BatchNorm2d into the Conv2d that alone feeds it; returns how many.
 
     Same function up to float rounding (~1e-6 relative), one memory pass less per pair: about 6% faster
-    in fp32 and 20% in bf16 on a CPU. The graph is traced once, only to find the pairs; the modules
-    are changed in place, so named layers (and hooks on them) stay where they were. A model that
-    torch.fx cannot trace is left as it is.
+    in fp32 and 20% in bf16 on a CPU. graph, the model's torch.fx graph, is read only to find the pairs
+    (traced here when not given); each Conv2d takes the folded weights in place and its BatchNorm2d
+    becomes an Identity, so named layers (and hooks on them) stay where they were. A model that torch.fx
+    cannot trace is left as it is.
     """
-    try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception as err:  # noqa: BLE001 - tracing is an optimisation, never a requirement
-        log.debug("not folding batch norms of %s: %s", type(model).__name__, err)
-        return 0
+    if graph is None:
+        try:
+            graph = torch.fx.Tracer().trace(model)
+        except Exception as err:  # noqa: BLE001 - tracing is an optimisation here, never a requirement
+            log.debug("not folding batch norms of %s: %s", type(model).__name__, err)
+            return 0
     modules = dict(model.named_modules())
     folded = 0
     for node in graph.nodes:
-        source = node.args[0] if node.op == "call_module" and node.args else None
+        if node.op != "call_module" or not node.args:
+            continue
+        bn, source = modules.get(node.target), node.args[0]
         if (
-            isinstance(modules.get(node.target), nn.BatchNorm2d)
+            isinstance(bn, nn.BatchNorm2d)
+            and not bn.training
             and isinstance(source, torch.fx.Node)
             and source.op == "call_module"
-            and isinstance(modules.get(source.target), nn.Conv2d)
+            and isinstance(conv := modules.get(source.target), nn.Conv2d)
             and len(source.users) == 1
         ):
-            fused = fuse_conv_bn_eval(modules[source.target], modules[node.target])
-            model.set_submodule(source.target, fused)
+            conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                                          bn.eps, bn.weight, bn.bias)
             model.set_submodule(node.target, nn.Identity())
             folded += 1
     return folded
@@ -293,12 +217,177 @@ def map_layer(spec: BackboneSpec, model: nn.Module) -> tuple[str, str]:
     return pools[-1], "input"
 
 
-class _FeatureReady(Exception):
-    """Raised by the capture hook: the rest of the forward pass is not needed."""
+class Source(Protocol):
+    """What backbones.py asks of a model library; the registry entry's `source` names which one."""
+
+    def build(self, spec: BackboneSpec, weights: str, seed: int) -> nn.Module: ...
+
+    def weights_label(self, spec: BackboneSpec, weights: str) -> str: ...
+
+    def weights_file(self, spec: BackboneSpec, weights: str) -> str: ...
+
+    def preprocessing(self, spec: BackboneSpec, weights: str) -> Preprocessing: ...
+
+    def feature_extractor(self, spec: BackboneSpec, model: nn.Module, is_map: bool) -> tuple[nn.Module, str]:
+        """(a module running the frozen eval-mode model from normalised images only as far as its feature, or
+        its map with is_map; where that is taken, recorded in the cache as "layer"), batch norms folded."""
+        ...
+
+
+class _CallTracer(torch.fx.Tracer):
+    """torch.fx's tracer, noting the nodes that go into and come out of the last call of one module."""
+
+    def __init__(self, module: str) -> None:
+        super().__init__()
+        self.module = module
+        self.ends: dict[str, torch.fx.Node] = {}
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+        output = super().call_module(m, forward, args, kwargs)
+        if self.path_of_module(m) == self.module:
+            self.ends = {"input": args[0].node, "output": output.node}
+        return output
+
+
+class TorchvisionSource:
+    """torchvision.models: weights enums, the hub cache, the forward cut with torch.fx."""
+
+    def weights_label(self, spec: BackboneSpec, weights: str) -> str:
+        return f"imagenet:{weights_enum(spec, weights)}"
+
+    def weights_file(self, spec: BackboneSpec, weights: str) -> str:
+        return checkpoint_path(spec, weights).name
+
+    def preprocessing(self, spec: BackboneSpec, weights: str) -> Preprocessing:
+        enum = weights_enum(spec, weights)
+        transform = enum.transforms()
+        return Preprocessing(tuple(transform.mean), tuple(transform.std), int(transform.crop_size[0]),
+                             int(min(enum.meta.get("min_size", (1, 1)))))
+
+    def build(self, spec: BackboneSpec, weights: str, seed: int) -> nn.Module:
+        if (path := finetuned_path(weights)) is not None:
+            saved = load_finetuned(path, spec)
+            kwargs = {"num_classes": len(saved["classes"]), **saved["builder_kwargs"]}
+            return self.filled(spec, kwargs, saved["state_dict"])
+        kwargs = self.builder_kwargs(spec, weights_enum(spec, weights))
+        if weights == "random":
+            torch.manual_seed(seed)
+            return self.architecture(spec, kwargs, empty=False)
+        return self.filled(spec, kwargs, load_checkpoint(spec, weights))
+
+    @staticmethod
+    def builder_kwargs(spec: BackboneSpec, enum: Any) -> dict[str, Any]:
+        """What torchvision's builder derives from these weights: their architecture, with or without them."""
+        return {"num_classes": len(enum.meta["categories"]), **spec.builder_kwargs(enum.meta)}
+
+    @staticmethod
+    def architecture(spec: BackboneSpec, kwargs: dict[str, Any], *, empty: bool) -> nn.Module:
+        """torchvision's builder without weights. empty: on the meta device where the registry allows it (no
+        memory, no initialisation), for a state to fill."""
+        with torch.device("meta") if empty and spec.meta_build else contextlib.nullcontext(), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torchvision's notes on future default inits
+            return torchvision.models.get_model(spec.builder, weights=None, **kwargs)
+
+    def filled(self, spec: BackboneSpec, kwargs: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
+        """The empty architecture with state's tensors put in place of its parameters and buffers."""
+        model = self.architecture(spec, kwargs, empty=True)
+        model.load_state_dict(state, assign=True)
+        return model
+
+    def feature_extractor(self, spec: BackboneSpec, model: nn.Module, is_map: bool) -> tuple[nn.Module, str]:
+        """The model's forward traced once, its batch norms folded, and cut at the feature: the output of the
+        map layer, or the input of the global pool or of the final Linear.
+
+        torchvision's create_feature_extractor makes the same cut, but traces twice (train and eval) and
+        names every node as it goes: for DenseNet-121 that alone took longer than the whole build.
+        """
+        layer, end = map_layer(spec, model) if is_map else (final_linear(model), "input")
+        tracer = _CallTracer(layer)
+        graph = tracer.trace(model)
+        if not tracer.ends:
+            raise ConfigError(f"{spec.name}'s forward never calls {layer!r}, so its feature cannot be taken "
+                              f"there; correct map_layer in its registry entry")
+        fold_batchnorm(model, graph)
+        next(node for node in reversed(graph.nodes) if node.op == "output").args = (tracer.ends[end],)
+        graph.owning_module = model  # whose modules dead-code elimination asks whether they are pure
+        graph.eliminate_dead_code()  # the classifier, and whatever only it needed
+        return torch.fx.GraphModule(model, graph, class_name=f"{type(model).__name__}Features"), layer
+
+
+class _TimmFeatures(nn.Module):
+    """A timm model's own split of its forward: forward_features (the map), then forward_head's pre-logits."""
+
+    def __init__(self, spec: BackboneSpec, model: nn.Module, is_map: bool) -> None:
+        super().__init__()
+        self.name, self.model, self.is_map = spec.name, model, is_map
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fmap = self.model.forward_features(x)
+        if not self.is_map:
+            return self.model.forward_head(fmap, pre_logits=True)
+        if fmap.ndim != 4 or fmap.shape[1] != self.model.num_features:
+            raise ConfigError(f"{self.name} has no (N, C, H, W) map before its head; use --pool avg")
+        return fmap
+
+
+class TimmSource:
+    """timm: pretrained configs and weights in the Hugging Face cache; the forward split by timm itself."""
+
+    def weights_label(self, spec: BackboneSpec, weights: str) -> str:
+        return f"timm:{_timm_name(spec)}"
+
+    def weights_file(self, spec: BackboneSpec, weights: str) -> str:
+        return timm_cache_folder(spec)[1]
+
+    def preprocessing(self, spec: BackboneSpec, weights: str) -> Preprocessing:
+        import timm
+
+        cfg = timm.data.resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(_timm_name(spec)).to_dict())
+        return Preprocessing(tuple(cfg["mean"]), tuple(cfg["std"]), int(cfg["input_size"][-1]), 1)
+
+    def build(self, spec: BackboneSpec, weights: str, seed: int) -> nn.Module:
+        import timm
+
+        if weights not in ("imagenet", "random"):
+            raise ConfigError(f"{spec.name}: --weights takes imagenet or random for timm models; pick the "
+                              f"pretrained tag in the name instead (timm:{spec.builder}.<tag>)")
+        if weights == "random":
+            torch.manual_seed(seed)
+            return timm.create_model(_timm_name(spec), pretrained=False)
+        try:
+            return timm.create_model(_timm_name(spec), pretrained=True)
+        except (OSError, RuntimeError) as err:  # huggingface_hub's LocalEntryNotFoundError is an OSError
+            folder, name = timm_cache_folder(spec)
+            raise WeightsUnavailableError(
+                f"pretrained weights for {spec.name} are not cached and could not be downloaded ({err}).\n"
+                f"  missing file: {name}\n  folder:       {folder}\n"
+                f"On an online machine run the same command once (timm downloads them from the Hugging Face "
+                f"Hub), or copy that folder into the cache (set HF_HOME to use another one), or pass --weights random."
+            ) from err
+
+    def feature_extractor(self, spec: BackboneSpec, model: nn.Module, is_map: bool) -> tuple[nn.Module, str]:
+        fold_batchnorm(model)
+        return _TimmFeatures(spec, model, is_map), "forward_features" if is_map else "forward_head(pre_logits=True)"
+
+
+SOURCES: dict[str, Source] = {"torchvision": TorchvisionSource(), "timm": TimmSource()}
+
+
+def source_of(spec: BackboneSpec) -> Source:
+    """The library a registry entry's model and weights come from."""
+    if spec.source not in SOURCES:
+        raise ConfigError(f"{spec.name} names source {spec.source!r}; sources are {', '.join(SOURCES)}")
+    return SOURCES[spec.source]
 
 
 class FrozenBackbone(nn.Module):
-    """A frozen model mapping normalised images to the input of its own final Linear (or its map, pooled)."""
+    """A frozen model mapping normalised images to the input of its own final Linear (or its map, pooled).
+
+    `model` is the whole network, frozen, batch norms folded; `extractor` runs its modules only as far as
+    the feature, so nothing after it (no classifier) is computed.
+    """
 
     def __init__(self, spec: BackboneSpec, model: nn.Module, pool: str, prep: Preprocessing) -> None:
         super().__init__()
@@ -315,49 +404,16 @@ class FrozenBackbone(nn.Module):
         self.prep = prep
         self.register_buffer("mean", torch.tensor(prep.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(prep.std).view(1, 3, 1, 1), persistent=False)
-        fold_batchnorm(self.model)
-        self._captured: torch.Tensor | None = None
         self.is_map = pool != "avg" or spec.avg_from_map
-        if spec.source == "timm":
-            self.layer = "forward_features" if self.is_map else "forward_head(pre_logits=True)"
-        elif self.is_map:
-            self.layer, side = map_layer(spec, self.model)
-            hook = self._capture_output if side == "output" else self._capture_input
-            getattr(self.model.get_submodule(self.layer), f"register_forward{'' if side == 'output' else '_pre'}_hook")(hook)
-        else:
-            self.layer = final_linear(self.model)
-            self.model.get_submodule(self.layer).register_forward_pre_hook(self._capture_input)
-
-    def _capture_output(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        self._captured = output
-        raise _FeatureReady
-
-    def _capture_input(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        self._captured = inputs[0]
-        raise _FeatureReady
+        self.extractor, self.layer = source_of(spec).feature_extractor(spec, self.model, self.is_map)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> normalised float, channels_last for faster convolutions."""
         return normalize(images, self.mean, self.std)
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
-        if self.spec.source == "timm":
-            fmap = self.model.forward_features(x)
-            if not self.is_map:
-                return self.model.forward_head(fmap, pre_logits=True)
-            if fmap.ndim != 4 or fmap.shape[1] != self.model.num_features:
-                raise ConfigError(f"{self.spec.name} has no (N, C, H, W) map before its head; use --pool avg")
-            return fmap
-        try:
-            self.model(x)
-        except _FeatureReady:
-            pass
-        captured, self._captured = self._captured, None
-        return captured
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised (N, 3, H, W) -> (N, D), or (N, C, H', W') with pool none."""
-        captured = self._run(x)
+        captured = self.extractor(x)
         if not self.is_map:
             return captured.flatten(1)
         return pool_features(F.relu(captured) if self.spec.relu_on_map else captured, self.pool)
@@ -416,21 +472,19 @@ class CatalogEntry:
 def catalog() -> tuple[CatalogEntry, ...]:
     """The book's three, then every other torchvision classification model, with what matters for choosing.
 
-    Models are built with their parameters on the meta device: no memory, no initialisation (still
-    about 0.1 s each: once per process).
+    Models are built empty, on the meta device where the registry allows (about 0.15 s each; RegNets,
+    built on the CPU, up to seconds): once per process.
     """
     names = [*BOOK, *(name for name in torchvision_models() if name not in {spec.builder for spec in BOOK.values()})]
     entries = []
     for name in names:
         spec = get_backbone(name)
-        with _parameters_on_meta(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = torchvision.models.get_model(spec.builder, weights=None)
+        enum = weights_enum(spec, "imagenet")
+        model = TorchvisionSource.architecture(spec, TorchvisionSource.builder_kwargs(spec, enum), empty=True)
         try:
             dim: int | None = model.get_submodule(final_linear(model)).in_features
         except ConfigError:
             dim = None
         size = default_image_size(spec, "imagenet")
-        enum = torchvision.models.get_model_weights(spec.builder)
-        entries.append(CatalogEntry(spec.name, dim, size, tuple(member.name for member in enum)))
+        entries.append(CatalogEntry(spec.name, dim, size, tuple(member.name for member in type(enum))))
     return tuple(entries)

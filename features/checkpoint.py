@@ -40,9 +40,10 @@ def read_torch_file(path: Path, what: str, error: type[CnnfeatError], fix: str,
         saved = torch.load(path, map_location="cpu", weights_only=True)
         if expected_format is not None and (not isinstance(saved, dict) or saved.get("format") != expected_format):
             found = saved.get("format") if isinstance(saved, dict) else type(saved).__name__
-            raise ValueError(f"its format is {found!r}, not {expected_format!r}")
+            raise ValueError(f"it is format {found!r}, not {expected_format!r}")
     except Exception as err:  # noqa: BLE001 - any failure here means the file is not usable as `what`
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = str(err).strip().split(". ")[0].splitlines()[0] if str(err).strip() else type(err).__name__  # torch's
+        # unpickling errors run to a paragraph; their first sentence says what failed
         raise error(f"{path} is not {what} ({type(err).__name__}: {reason}); {fix}") from err
     return saved
 

@@ -32,10 +32,6 @@ class WeightsUnavailableError(CnnfeatError, RuntimeError):
     """Pretrained weights are neither cached nor downloadable (offline machine, broken file)."""
 
 
-class HeadError(CnnfeatError, ValueError):
-    """A saved head or model is missing, unreadable or does not fit the cache."""
-
-
 class MissingInputError(CnnfeatError, FileNotFoundError):
     """A file or folder the command needs does not exist."""
 

@@ -12,14 +12,13 @@ input size in use. Backbones that want the same size and normalisation get one n
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -28,9 +27,10 @@ from torch.utils.data import DataLoader
 
 from . import __version__
 from .backbones import FrozenBackbone, default_image_size, load_backbone, normalize, weights_file, weights_label
-from .config import HFLIP, ExtractConfig
+from .config import HFLIP, ExtractConfig, ProgressFn
+from .devices import default_workers, resolve_device
 from .distributed import torchrun_ranks
-from .errors import CacheError, ConfigError, WeightsUnavailableError
+from .errors import CacheError, WeightsUnavailableError
 from .folder import DataFolder, Split, scan_data_folder
 from .images import DecodedBatch, DecodeStream, ImageFiles, collate_decoded, decode_on_device
 from .registry import BackboneSpec, resolve_backbones
@@ -41,9 +41,6 @@ from .store import FeatureCache, SplitContent, cache_path, commit_cache, dataset
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-# progress(split, images just finished, images this split will decode in this run)
-ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -85,27 +82,6 @@ class _Job:
     @property
     def dataset(self) -> str:
         return dataset_name(self.target.spec.name, self.view)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU; use --device auto or cpu")
-    return torch.device(name)
-
-
-def default_workers(device: torch.device, reads_bytes_only: bool = False) -> int:
-    """Loader processes: decoding for a GPU needs every core; on a CPU the models need the cores more;
-    workers that only read JPEG bytes for the device to decode need few.
-
-    Under torchrun the processes of one machine share its cores (LOCAL_WORLD_SIZE of them).
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    cores = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    if reads_bytes_only:
-        return min(4, cores)
-    return min(16, cores) if device.type == "cuda" else max(1, cores // 2)
 
 
 def decodes_on_device(cfg: ExtractConfig, device: torch.device) -> bool:

@@ -52,6 +52,12 @@ class DataFolder:
         return digest.hexdigest()
 
 
+def label_of(path: str, classes: tuple[str, ...]) -> int:
+    """The class of a file from its folder (split/<class>/name), UNLABELED for a file of an unlabeled split."""
+    parts = path.split("/")
+    return classes.index(parts[1]) if len(parts) >= 3 and parts[1] in classes else UNLABELED
+
+
 def _visible(entries: list[Path]) -> list[Path]:
     return sorted(p for p in entries if not p.name.startswith("."))
 

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, DataLayoutError, MissingInputError, OutputExistsError
+from .config import DEFAULT_SEED
 from .folder import IMAGE_EXTENSIONS
+from .splits import stratified_holdout
 
 DEFAULT_LABEL_PATTERN = r"^(.+?)[._-]\d+\.\w+$"  # cat.0.jpg -> cat, golden_retriever_12.jpg -> golden_retriever
 PROBLEMS_FILE = "prepare_problems.csv"
@@ -39,7 +41,7 @@ class PrepareConfig:
     label_column: str = "label"
     test: Path | None = None  # a flat folder of unlabeled images
     val_fraction: float = 0.08  # the book's Dogs vs Cats: 2,000 of 25,000 images
-    seed: int = 0
+    seed: int = DEFAULT_SEED
     force: bool = False  # replace an existing `out`
 
     def __post_init__(self) -> None:
@@ -167,7 +169,7 @@ def _labels_from_csv(images: dict[str, Path], cfg: PrepareConfig, report: Prepar
 
 
 def _stratified(names: list[str], labels: list[str], cfg: PrepareConfig) -> tuple[list[str], list[str]]:
-    """Every class keeps its share in valid/ (at least one image, and one left in train); same seed, same split."""
+    """Every class keeps its share in valid/ (at least one image, and one left in train): the split rule's holdout."""
     by_class: dict[str, list[str]] = defaultdict(list)
     for name, label in zip(names, labels):
         by_class[label].append(name)
@@ -178,14 +180,11 @@ def _stratified(names: list[str], labels: list[str], cfg: PrepareConfig) -> tupl
                f"{wanted} validation image(s) cannot hold {len(by_class)} classes; raise --val-fraction")
         raise DataLayoutError(f"cannot carve a stratified validation split of {cfg.val_fraction}: {why} "
                               f"(or pass --val-fraction 0 and let the heads hold out a share of train)")
-    rng = np.random.default_rng(cfg.seed)
-    valid: list[str] = []
-    for label in sorted(by_class):
-        members = sorted(by_class[label])
-        count = min(max(1, round(len(members) * cfg.val_fraction)), len(members) - 1)
-        valid += [members[i] for i in rng.permutation(len(members))[:count]]
-    chosen = set(valid)
-    return [n for n in names if n not in chosen], sorted(valid)
+    ordered = sorted(zip(names, labels))
+    held = stratified_holdout(np.unique([label for _, label in ordered], return_inverse=True)[1], cfg.val_fraction,
+                              cfg.seed)
+    chosen = {name for (name, _), out in zip(ordered, held) if out}
+    return [n for n in names if n not in chosen], sorted(chosen)
 
 
 def _link(source: Path, target: Path) -> None:

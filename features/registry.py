@@ -1,14 +1,15 @@
 """Which backbones cnnfeat knows, as data: the book's three by name, and any torchvision or timm model.
 
-    get_backbone("inception")          # the book's Inception-v3: hooked on Mixed_7c, 299 px
+    get_backbone("inception")          # the book's Inception-v3: its map taken at Mixed_7c, 299 px
     get_backbone("convnext_tiny")      # any classification model of torchvision.models
     get_backbone("timm:resnet50.a1_in1k")
     resolve_backbones("all")           # the book's three
 
 Every model's feature is the input of its final Linear (what its classifier consumes). The book's
-three capture it where the book did, by a forward hook on the spatial map and pooling it
-themselves; any other model by a forward pre-hook on that Linear. Imports no torch: the CLI's
-`info` and `--help` use these names.
+three take it where the book did, as the output of their spatial map, pooled by cnnfeat; any other
+model as the input of that Linear. What a torchvision family needs besides the defaults is data
+here (FAMILIES), found by the builder's name. Imports no torch: the CLI's `info` and `--help` use
+these names.
 """
 
 from __future__ import annotations
@@ -19,58 +20,90 @@ from typing import Any, Mapping
 
 from .errors import ConfigError
 
-SOURCES = ("torchvision", "timm")
 TIMM_PREFIX = "timm:"
+
+
+@dataclass(frozen=True)
+class FromMeta:
+    """A builder argument read from the weights enum's meta: meta[key], or meta[key][index]."""
+
+    key: str
+    index: int | None = None
+
+    def read(self, meta: Mapping[str, Any]) -> Any:
+        return meta[self.key] if self.index is None else meta[self.key][self.index]
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str  # canonical name, also the HDF5 dataset name
     aliases: tuple[str, ...] = ()
-    source: str = "torchvision"  # where the model and its weights come from
+    source: str = "torchvision"  # where the model and its weights come from: torchvision or timm
     model: str = ""  # torchvision builder (torchvision.models.get_model) or timm model name; "" = name
     weights: str = "DEFAULT"  # what --weights imagenet loads: a torchvision weights enum member or a timm tag
     map_layer: str = ""  # module whose output is the spatial map; "": the input of the model's global avg pool
     relu_on_map: bool = False  # the model's forward applies F.relu between map_layer and its pooling (DenseNet)
-    avg_from_map: bool = False  # --pool avg averages map_layer's output, as the book did, instead of the pre-hook
+    avg_from_map: bool = False  # --pool avg averages map_layer's output, as the book did, instead of taking
+    # the final Linear's input
     image_size: int | None = None  # default --image-size; None: the weights' native size
     blocks: tuple[str, ...] = ()  # what `finetune --train-layers` unfreezes, bottom to top (the classifier
     # last); (): the model's top-level children, its Sequential containers opened one level
-    random_kwargs: Mapping[str, Any] = field(default_factory=dict)  # so --weights random builds the same
-    # architecture and input handling as the pretrained weights
+    weights_kwargs: Mapping[str, Any] = field(default_factory=dict)  # what torchvision's builder sets from
+    # a weights enum besides num_classes (constants, or FromMeta): pretrained and random builds alike
+    meta_build: bool = True  # built empty on the meta device before its weights load; False: its builder
+    # computes with tensors (RegNet's widths), which have no data there, so it is built on the CPU
 
     @property
     def builder(self) -> str:
         return self.model or self.name
+
+    def builder_kwargs(self, meta: Mapping[str, Any]) -> dict[str, Any]:
+        """weights_kwargs for the weights whose enum meta this is."""
+        return {k: v.read(meta) if isinstance(v, FromMeta) else v for k, v in self.weights_kwargs.items()}
+
+
+# What a torchvision family needs besides the defaults, by builder name prefix (the first that matches).
+_AUX_CLASSIFIERS = {"transform_input": True, "aux_logits": True,
+                    "init_weights": False}  # also spares random builds a slow truncated-normal init
+FAMILIES: dict[str, dict[str, Any]] = {
+    # their forward pools with a function, not a module: where their map is
+    "densenet": {"map_layer": "features", "relu_on_map": True},
+    "mobilenet_v2": {"map_layer": "features"},
+    "mnasnet": {"map_layer": "layers"},
+    "shufflenet_v2": {"map_layer": "conv5"},
+    # what their builders set from the weights (torchvision's _ovewrite_named_param calls)
+    "inception_v3": {"weights_kwargs": _AUX_CLASSIFIERS},
+    "googlenet": {"weights_kwargs": _AUX_CLASSIFIERS},
+    "vit_": {"weights_kwargs": {"image_size": FromMeta("min_size", 0)}},
+    "maxvit_": {"weights_kwargs": {"input_size": FromMeta("min_size")}},
+    # the builder computes its widths with tensors, which have no data on the meta device
+    "regnet_": {"meta_build": False},
+}
+
+
+def _torchvision_entry(name: str, **fields: Any) -> BackboneSpec:
+    """An entry for a torchvision builder: its family's rules, then `fields`."""
+    builder = fields.get("model") or name
+    rules = next((rule for prefix, rule in FAMILIES.items() if builder.startswith(prefix)), {})
+    return BackboneSpec(name, **{**rules, **fields})
 
 
 # The book's three: features taken where the book hooked them, all at Inception's native 299 px.
 BOOK: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
-        BackboneSpec("resnet34", ("resnet",), weights="IMAGENET1K_V1", map_layer="layer4", avg_from_map=True,
-                     image_size=299, blocks=("layer1", "layer2", "layer3", "layer4", "fc")),
-        BackboneSpec("inception", ("inception_v3",), model="inception_v3", weights="IMAGENET1K_V1",
-                     map_layer="Mixed_7c", avg_from_map=True, image_size=299,
-                     blocks=("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
-                             "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "fc"),
-                     # the ImageNet weights come with transform_input; init_weights=False skips a slow
-                     # truncated-normal init that random smoke runs do not need
-                     random_kwargs={"transform_input": True, "init_weights": False}),
-        BackboneSpec("densenet121", ("densenet",), weights="IMAGENET1K_V1", map_layer="features", relu_on_map=True,
-                     avg_from_map=True, image_size=299,
-                     blocks=tuple(f"features.{b}" for b in ("denseblock1", "transition1", "denseblock2", "transition2",
-                                                            "denseblock3", "transition3", "denseblock4", "norm5"))
-                     + ("classifier",)),
+        _torchvision_entry("resnet34", aliases=("resnet",), weights="IMAGENET1K_V1", map_layer="layer4",
+                           avg_from_map=True, image_size=299, blocks=("layer1", "layer2", "layer3", "layer4", "fc")),
+        _torchvision_entry("inception", aliases=("inception_v3",), model="inception_v3", weights="IMAGENET1K_V1",
+                           map_layer="Mixed_7c", avg_from_map=True, image_size=299,
+                           blocks=("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+                                   "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "fc")),
+        _torchvision_entry("densenet121", aliases=("densenet",), weights="IMAGENET1K_V1", avg_from_map=True,
+                           image_size=299,  # map_layer "features" and its ReLU: the densenet family's
+                           blocks=tuple(f"features.{b}" for b in ("denseblock1", "transition1", "denseblock2",
+                                                                  "transition2", "denseblock3", "transition3",
+                                                                  "denseblock4", "norm5")) + ("classifier",)),
     )
-}
-
-# torchvision families whose forward pools with a function, not a module: where their map is.
-FUNCTIONAL_POOL_MAPS: dict[str, tuple[str, bool]] = {  # builder prefix -> (map_layer, relu_on_map)
-    "densenet": ("features", True),
-    "mobilenet_v2": ("features", False),
-    "mnasnet": ("layers", False),
-    "shufflenet_v2": ("conv5", False),
 }
 
 
@@ -108,8 +141,7 @@ def _torchvision_spec(name: str) -> BackboneSpec:
             f"classification model ({len(available)}, e.g. convnext_tiny, efficientnet_v2_s, vit_b_16; "
             f"`cnnfeat backbones` lists them), or timm:<model name> with timm installed"
         )
-    map_layer, relu = next((rule for prefix, rule in FUNCTIONAL_POOL_MAPS.items() if name.startswith(prefix)), ("", False))
-    return BackboneSpec(name, map_layer=map_layer, relu_on_map=relu)
+    return _torchvision_entry(name)
 
 
 def _timm_spec(model: str) -> BackboneSpec:

@@ -1,4 +1,12 @@
-"""Heads, the ensemble, predictions and the `cnnfeat` CLI, all on top of features' cache.
+"""The pipeline on top of features: heads, fine-tuning, and the stages that join them.
 
-Reads features only through features.FeatureCache; never loads a backbone.
+    heads/         cached features -> models -> probabilities (never builds a backbone)
+    finetune/      images -> a trained backbone (depends on features only)
+    finetuned.py   the one door from the workdir's models to fine-tuned networks
+    outputs.py     what every model leaves in the workdir: metrics, summary, submission frame
+    predict.py     stage 4: the submission, from a head or a fine-tuned network
+    status.py      which of the workdir's models are up to date
+    report.py      training curves and confusion matrices
+    run.py         `cnnfeat run`: every stage in order
+    cli/           the `cnnfeat` command, one module per command group
 """

@@ -11,15 +11,19 @@ it was trained is left out, with a note, rather than shown with numbers that no 
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from features import CacheError, FeatureCache, HeadError, atomic_output, cache_path
+from features import CacheError, FeatureCache, MissingInputError, accuracy, atomic_output, cache_path, log_loss
 
-from .status import metrics_dir, staleness, trained_models
+from .outputs import metrics_dir, read_metrics, trained_models
+from .status import staleness
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TRAINING_CURVES = "training_curves.png"
 
@@ -49,7 +53,7 @@ def build_reports(workdir: Path) -> Report:
     workdir = Path(workdir)
     names = trained_models(workdir)
     if not names:
-        raise HeadError(f"no trained model in {metrics_dir(workdir)}; run `cnnfeat train-head` or `cnnfeat run` first")
+        raise MissingInputError(f"no trained model in {metrics_dir(workdir)}; run `cnnfeat train-head` or `cnnfeat run` first")
     report = Report()
     stale = _stale(workdir, names)
     folder = reports_dir(workdir)
@@ -75,7 +79,7 @@ def _stale(workdir: Path, names: list[str]) -> dict[str, str]:
 
 
 def _model_report(workdir: Path, name: str) -> ModelReport:
-    metrics = json.loads((metrics_dir(workdir) / f"{name}.json").read_text())
+    metrics = read_metrics(workdir, name)
     classes = list(metrics["classes"])
     rows = list(csv.reader((metrics_dir(workdir) / f"{name}-valid.csv").read_text().splitlines()))[1:]
     labels = np.array([classes.index(row[1]) for row in rows])
@@ -84,10 +88,9 @@ def _model_report(workdir: Path, name: str) -> ModelReport:
     matrix = np.bincount(labels * len(classes) + predicted, minlength=len(classes) ** 2).reshape(len(classes), -1)
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = matrix.diagonal() / matrix.sum(axis=1)
-    accuracy = float((predicted == labels).mean()) if len(labels) else float("nan")
-    _save(_confusion(matrix, classes, f"{name}: accuracy {accuracy:.3f}"), reports_dir(workdir) / f"confusion_{name}.png")
-    log_loss = float(-np.log(np.clip(proba[np.arange(len(labels)), labels], 1e-15, None)).mean())
-    return ModelReport(name, metrics["val_split"], accuracy, log_loss, dict(zip(classes, recall.tolist())),
+    correct = accuracy(proba, labels) if len(labels) else float("nan")
+    _save(_confusion(matrix, classes, f"{name}: accuracy {correct:.3f}"), reports_dir(workdir) / f"confusion_{name}.png")
+    return ModelReport(name, metrics["val_split"], correct, log_loss(proba, labels), dict(zip(classes, recall.tolist())),
                        _chosen(metrics))
 
 

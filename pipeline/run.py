@@ -14,11 +14,12 @@ import logging
 from dataclasses import dataclass, field
 
 from features import (ConfigError, DataLayoutError, ExtractConfig, ExtractReport, ProgressFn, extract,
-                      resolve_backbones, scan_data_folder)
+                      resolve_backbones, scan_data_folder, validation_plan)
 
-from .config import BEST, ENSEMBLE, HeadConfig, PredictConfig
+from .config import PredictConfig
+from .heads import (BEST, ENSEMBLE, HeadConfig, TrainResult, select_best, train_concat, train_ensemble,
+                    train_linear_heads)
 from .predict import PredictResult, predict
-from .train import TrainResult, select_best, train_concat, train_ensemble, train_linear_heads
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +36,12 @@ def check_run(extract_cfg: ExtractConfig, head_cfg: HeadConfig, predict_cfg: Pre
     """Refuse now what would fail after extraction; True when there is an unlabeled split to predict."""
     resolve_backbones(extract_cfg.backbones)
     folder = scan_data_folder(extract_cfg.data)
-    train = folder.splits.get(head_cfg.train_split)
-    if train is None or not train.labeled:
-        raise DataLayoutError(f"{extract_cfg.data} has no labeled {head_cfg.train_split}/ split (one folder of images "
-                              f"per class) to train on; `cnnfeat prepare` makes one from a Kaggle download")
+    plan = validation_plan({name: split.labeled for name, split in folder.splits.items()}, head_cfg.train_split,
+                           head_cfg.val_split, head_cfg.holdout, head_cfg.seed)
     if len(folder.classes) < 2:
         raise DataLayoutError(f"{extract_cfg.data}/{head_cfg.train_split}/ has one class ({folder.classes[0]}); "
                               f"a classifier needs two or more class folders")
-    val = folder.splits.get(head_cfg.val_split)
-    if val is not None and not val.labeled:
-        raise DataLayoutError(f"{extract_cfg.data}/{head_cfg.val_split}/ has no class folders; a validation split "
-                              f"needs labels (or remove it, and the heads hold out {head_cfg.holdout:.0%} of train)")
-    if val is None:
-        log.info("no %s/ split: the heads hold out a stratified %.0f%% of %s/ to choose and report on",
-                 head_cfg.val_split, 100 * head_cfg.holdout, head_cfg.train_split)
+    log.info("validation rows: %s", plan.description)
     if predict_cfg.kaggle_binary and len(folder.classes) != 2:
         raise ConfigError(f"--kaggle-binary needs exactly two classes, {extract_cfg.data} has {list(folder.classes)}")
     test = folder.splits.get(predict_cfg.split)

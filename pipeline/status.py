@@ -1,127 +1,31 @@
-"""Which saved models are up to date: one key per model over exactly what it was trained from.
+"""Which of the workdir's models are up to date: heads by their inputs key, fine-tuned networks by their checkpoint.
 
-A model's inputs key covers its kind, backbones, views, the settings it uses (no others: a linear
-probe ignores the ensemble's --hidden), the classes, the fingerprints of its splits and the value
-settings of its features. heads/<name>.json holds the key and what it was computed from, so
-`cnnfeat info` tells what is stale without loading torch. Imports no torch.
+    stale_models(cache, workdir, changing)      # (model, why) that the next `cnnfeat run` would train again
+
+Imports no torch: `cnnfeat info` and the reports use it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable
 
-from features import BOOK, VALUE_SETTINGS, FeatureCache, dataset_name
+from features import FeatureCache
 
-from .config import BEST, CONCAT, ENSEMBLE, FINETUNED_PREFIX, FLIP_SUFFIX, HEAD_FORMAT, HeadConfig
-
-COMMON_SETTINGS = ("train_split", "val_split", "folds", "calibrate", "refit", "seed")
-KIND_SETTINGS = {
-    "linear": ("c_grid", "max_iter"),
-    "ensemble": ("epochs", "lr", "batch_size", "weight_decay", "patience", "dropout", "hidden"),
-    "selection": (),
-}
+from . import finetuned
+from .heads.status import stale_heads, staleness as head_staleness
+from .outputs import trained_models
 
 
-def heads_dir(workdir: Path) -> Path:
-    return Path(workdir) / "heads"
-
-
-def finetuned_dir(workdir: Path) -> Path:
-    return Path(workdir) / "finetuned"
-
-
-def finetuned_checkpoint(workdir: Path, model: str) -> Path:
-    """finetuned/<backbone>.pt, the network behind the model name `finetuned-<backbone>`."""
-    return finetuned_dir(workdir) / f"{model[len(FINETUNED_PREFIX):]}.pt"
-
-
-def metrics_dir(workdir: Path) -> Path:
-    return Path(workdir) / "metrics"
-
-
-def key_inputs(cache: FeatureCache, cfg: HeadConfig, kind: str, backbones: Iterable[str], views: Iterable[str]) -> dict:
-    """What a model of this kind depends on beyond the cache: its kind, inputs and the settings it uses."""
-    used = COMMON_SETTINGS + KIND_SETTINGS[kind] + (() if cfg.val_split in cache.splits else ("holdout",))
-    settings = {k: v for k, v in asdict(cfg).items() if k in used}
-    return {"kind": kind, "backbones": list(backbones), "views": list(views), "settings": settings}
-
-
-def inputs_key(cache: FeatureCache, inputs: dict, members: dict[str, str] | None = None) -> str:
-    """Changes whenever the features, the splits' files, the classes or a setting the model uses change."""
-    settings = inputs["settings"]
-    splits = [s for s in (settings["train_split"], settings["val_split"]) if s in cache.splits]
-    blob = {
-        "head_format": HEAD_FORMAT, **inputs, "classes": cache.classes, "members": members or {},
-        "splits": {s: cache.fingerprint(s) for s in splits},
-        "features": {f"{s}/{dataset_name(b, v)}": {k: cache.settings(s, dataset_name(b, v)).get(k) for k in VALUE_SETTINGS}
-                     for s in splits for b in inputs["backbones"] for v in inputs["views"]},
-    }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def read_sidecar(workdir: Path, name: str) -> dict | None:
-    """heads/<name>.json if it describes an intact heads/<name>.pt, else None."""
-    model, sidecar = heads_dir(workdir) / f"{name}.pt", heads_dir(workdir) / f"{name}.json"
-    try:
-        data = json.loads(sidecar.read_text())
-        intact = hashlib.sha256(model.read_bytes()).hexdigest() == data["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return data if intact else None
-
-
-def staleness(cache: FeatureCache, workdir: Path, name: str, changing: set[tuple[str, str]] = frozenset()) -> str:
-    """'' when heads/<name>.pt is up to date, else why `cnnfeat run` would train it again.
-
-    A fine-tuned network reads images, not the cache: it is current while its checkpoint is there
-    (rerunning `cnnfeat finetune` retrains it when its data or settings change)."""
-    if name.startswith(FINETUNED_PREFIX):
-        return "" if finetuned_checkpoint(workdir, name).exists() else "its fine-tuned checkpoint is missing; run `cnnfeat finetune` again"
-    if not (heads_dir(workdir) / f"{name}.pt").exists():
-        return "not trained yet"
-    data = read_sidecar(workdir, name)
-    if data is None:
-        return "its file is damaged or unreadable"
-    if data.get("format") != HEAD_FORMAT:
-        return "saved by an older cnnfeat"
-    inputs = data["key_inputs"]
-    splits = (inputs["settings"]["train_split"], inputs["settings"]["val_split"])
-    if any((split, dataset_name(b, v)) in changing or (split, "*") in changing
-           for split in splits for b in inputs["backbones"] for v in inputs["views"]):
-        return "its features will be extracted again"
-    members = data.get("members") or {}
-    for member, key in members.items():
-        other = read_sidecar(workdir, member)
-        if staleness(cache, workdir, member, changing) or other is None or other["inputs_key"] != key:
-            return f"its member {member} changed"
-    try:
-        current = inputs_key(cache, inputs, members)
-    except Exception:  # noqa: BLE001 - a split or dataset it needs is gone from the cache
-        return "its features are no longer in the cache"
-    return "" if current == data["inputs_key"] else "its features or the split files changed"
+def staleness(cache: FeatureCache, workdir: Path, model: str) -> str:
+    """'' when the model is up to date, else why it would be trained again."""
+    if finetuned.is_finetuned(model):
+        return finetuned.staleness(workdir, model)
+    return head_staleness(cache, workdir, model)
 
 
 def stale_models(cache: FeatureCache, workdir: Path, changing: set[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(model, why) for every model `cnnfeat run` would train again, `changing` being the
-    (split, dataset) features it will extract first."""
-    saved = [p.stem for p in sorted(heads_dir(workdir).glob("*.pt"))] if heads_dir(workdir).is_dir() else []
-    expected = [*BOOK, CONCAT, ENSEMBLE, BEST]
-    names = list(dict.fromkeys([*expected, *saved]))
-    found = [(name, staleness(cache, workdir, name, changing)) for name in names]
-    return [(name, why) for name, why in found if why]
-
-
-def trained_models(workdir: Path) -> list[str]:
-    """Names of the models with metrics, in a stable order: backbones, then the combined ones, best last."""
-    folder = metrics_dir(workdir)
-    names = [p.stem for p in folder.glob("*.json")] if folder.is_dir() else []
-    order = {CONCAT: 1, CONCAT + FLIP_SUFFIX: 1, ENSEMBLE: 2, BEST: 3}
-    return sorted(names, key=lambda n: (order.get(n, 0), n))
-
-
-def load_metrics(workdir: Path, name: str) -> dict[str, Any]:
-    return json.loads((metrics_dir(workdir) / f"{name}.json").read_text())
+    """(model, why) for every model the next run would train again, `changing` being the (split, dataset)
+    features it will extract first."""
+    networks = [(name, finetuned.staleness(workdir, name)) for name in trained_models(workdir)
+                if finetuned.is_finetuned(name)]
+    return stale_heads(cache, workdir, changing) + [(name, why) for name, why in networks if why]

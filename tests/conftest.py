@@ -17,6 +17,7 @@ import pytest
 import torch
 import torchvision
 
+from features.staging import Staging
 from features import BOOK, ExtractConfig, FeatureCache, checkpoint_path, extract, get_backbone, weights_enum
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +39,13 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # timm's Hugging Face downloads fail at once, as offline
 
 
+def stage_rows(staging: "Staging", start: int, stop: int, failed: tuple[int, ...] = ()) -> None:
+    """Stage rows start..stop (but the failed ones) with features [row, row, row]: easy to check after a commit."""
+    rows = np.array([r for r in range(start, stop) if r not in failed])
+    staging.save(start, stop, rows, rows[:, None].repeat(3, axis=1).astype(np.float32),
+                 list(failed), ["broken"] * len(failed))
+
+
 def save_checkpoint(name: str, seed: int = 0, weights: str = "imagenet") -> Path:
     """A seeded random model of the weights' architecture, saved where torchvision looks for those weights."""
     spec = get_backbone(name)
@@ -47,7 +55,7 @@ def save_checkpoint(name: str, seed: int = 0, weights: str = "imagenet") -> Path
         torch.manual_seed(seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            kwargs = {k: v for k, v in spec.random_kwargs.items() if k != "init_weights"}
+            kwargs = {k: v for k, v in spec.builder_kwargs(enum.meta).items() if k != "init_weights"}
             model = torchvision.models.get_model(spec.builder, weights=None, num_classes=len(enum.meta["categories"]),
                                                  **kwargs)
         for param in model.parameters():  # torchvision zero-initialises some heads (ViT): logits must not be all 0

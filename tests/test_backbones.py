@@ -12,7 +12,7 @@ import torchvision
 
 from features import (BOOK, ConfigError, WeightsUnavailableError, build_model, catalog, checkpoint_path, get_backbone,
                       load_backbone, weights_enum)
-from features.backbones import final_linear, fold_batchnorm
+from features.backbones import TorchvisionSource, final_linear, fold_batchnorm
 
 from .conftest import save_checkpoint
 
@@ -50,7 +50,7 @@ def _original(name: str, weights: str = "imagenet") -> torch.nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         model = torchvision.models.get_model(spec.builder, weights=None, num_classes=len(enum.meta["categories"]),
-                                             **{k: v for k, v in spec.random_kwargs.items() if k != "init_weights"})
+                                             **spec.builder_kwargs(enum.meta))
     model.load_state_dict(torch.load(checkpoint_path(spec, weights), weights_only=True))
     return model.eval()
 
@@ -117,7 +117,7 @@ def test_a_fixed_size_model_refuses_another_size_and_names_its_own(zoo):
 @pytest.mark.parametrize(("name", "map_shape"), [("resnet34", (512, 10, 10)), ("inception", (2048, 8, 8)),
                                                  ("densenet121", (1024, 9, 9))])
 def test_the_books_maps_at_299_px(name, map_shape):
-    """At 299 px the book's map shapes; the hook captures Mixed_7c for Inception."""
+    """At 299 px the book's map shapes; Inception's is Mixed_7c's output."""
     spec = get_backbone(name)
     full, pooled = (load_backbone(spec, weights="random", pool=p) for p in ("none", "avg"))
     assert full.feature_shape(299) == map_shape and full.layer == spec.map_layer
@@ -141,10 +141,36 @@ def test_weights_by_name_and_unknown_names(zoo):
 def test_models_are_built_without_an_initialisation_the_checkpoint_overwrites(zoo, monkeypatch):
     calls = []
     original = torch.nn.init.kaiming_uniform_
-    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", lambda t, *a, **k: (calls.append(t.is_meta), original(t, *a, **k))[1])
+    # under torch.device("meta") torch's function mode calls it with the tensor as a keyword
+    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_",
+                        lambda tensor, *a, **k: (calls.append(tensor.is_meta), original(tensor, *a, **k))[1])
     model = build_model(get_backbone("resnet34"), "imagenet")
     assert calls and all(calls)  # every initialisation ran on the meta device: no work, no memory
     assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+
+
+@pytest.mark.parametrize("name", ["inception", "googlenet", "vit_h_14", "maxvit_t", "swin_t", "densenet121"])
+def test_the_registry_builds_what_torchvision_builds_for_the_weights(name, monkeypatch):
+    """The builder arguments declared per family are the ones torchvision's builder derives from the weights:
+    its own build loads the state of ours (strictly: the same shapes) and handles input as ours does."""
+    spec = get_backbone(name)
+    enum = weights_enum(spec, "imagenet")
+    ours = TorchvisionSource.architecture(spec, TorchvisionSource.builder_kwargs(spec, enum), empty=True)
+    monkeypatch.setattr(type(enum), "get_state_dict", lambda *args, **kwargs: ours.state_dict())
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = torchvision.models.get_model(spec.builder, weights=enum)
+    for attribute in ("transform_input", "image_size"):
+        assert getattr(theirs, attribute, None) == getattr(ours, attribute, None)
+
+
+def test_random_weights_have_the_architecture_of_the_pretrained_ones(zoo):
+    for name in ("inception", "vit_b_32"):
+        spec = get_backbone(name)
+        saved = torch.load(checkpoint_path(spec), weights_only=True)
+        model = build_model(spec, "random")
+        assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in saved.items()}
+    assert build_model(get_backbone("inception"), "random").transform_input
 
 
 def test_offline_without_cached_weights_names_file_and_folder(empty_torch_home):
@@ -177,7 +203,7 @@ def test_broken_cached_checkpoint_says_delete_it(empty_torch_home):
     path = checkpoint_path(get_backbone("densenet121"))
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsUnavailableError, match="(?s)could not be loaded.*Delete it"):
+    with pytest.raises(WeightsUnavailableError, match="(?s)densenet121-a639ec97.pth is not a loadable checkpoint.*delete it"):
         build_model(get_backbone("densenet121"), "imagenet")
 
 
@@ -212,6 +238,15 @@ def test_weights_cast_once_give_the_autocast_features():
     x = plain.preprocess(_images(64))
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         torch.testing.assert_close(cast(x), plain(x))
+
+
+def test_a_backbone_compiles_to_one_graph():
+    """The forward stops at the feature without hooks or exceptions: torch.compile takes it whole."""
+    backbone = load_backbone(get_backbone("resnet34"), weights="random", pool="max")
+    x = backbone.preprocess(_images(64))
+    compiled = torch.compile(backbone, fullgraph=True, backend="eager")  # fullgraph: a graph break fails
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), backbone(x))
 
 
 def test_the_catalog_lists_every_torchvision_model_with_its_sizes():

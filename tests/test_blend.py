@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from pipeline.blend import (blend_proba, fit_temperature, greedy_selection, log_loss, stratified_folds,
-                            stratified_holdout, view_proba)
+from features import log_loss
+from pipeline.heads.blend import blend_proba, fit_temperature, greedy_selection, view_proba
 
 
 def _overconfident(n: int = 600, classes: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -45,24 +44,6 @@ def test_views_are_averaged_as_probabilities():
     a, b = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])
     torch.testing.assert_close(view_proba([a, b]), torch.tensor([[0.5, 0.5]], dtype=torch.float64))
     torch.testing.assert_close(view_proba([a], 2.0), torch.softmax(a.double() / 2, 1))
-
-
-def test_folds_are_stratified_and_shrink_for_rare_classes():
-    labels = np.array([0] * 10 + [1] * 5 + [2] * 7)
-    folds, k = stratified_folds(labels, 5, seed=0)
-    assert k == 5 and sorted(set(folds)) == list(range(5))
-    for fold in range(5):
-        assert set(labels[folds == fold]) == {0, 1, 2}
-    assert stratified_folds(labels[:13], 5, 0)[1] == 3  # class 1 has only three rows
-    assert stratified_folds(np.array([0, 0, 1]), 5, 0)[1] == 0
-    again, _ = stratified_folds(labels, 5, seed=0)
-    assert np.array_equal(folds, again) and not np.array_equal(folds, stratified_folds(labels, 5, seed=1)[0])
-
-
-def test_holdout_takes_every_classes_share():
-    labels = np.array([0] * 20 + [1] * 10 + [2] * 1)
-    held = stratified_holdout(labels, 0.1, seed=0)
-    assert held[:20].sum() == 2 and held[20:30].sum() == 1 and not held[30]
 
 
 def test_greedy_selection_never_loses_to_its_best_member_and_can_mix():

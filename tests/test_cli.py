@@ -14,8 +14,10 @@ import torch
 from click.testing import CliRunner
 
 from features import FeatureCache, cache_path, workdir_lock
-from pipeline import train as train_module
-from pipeline.cli import EXIT_BUSY, EXIT_INTERNAL, main
+from pipeline.cli import main
+from pipeline.cli.common import EXIT_BUSY, EXIT_INTERNAL
+from pipeline.heads import learners as learners_module
+from pipeline.heads import train as heads_train_module
 
 from .conftest import IMAGE_SIZE, save_checkpoint
 
@@ -100,7 +102,7 @@ def test_a_bug_is_an_internal_error_with_its_traceback(digits10_workdir, monkeyp
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug inside fit")
 
-    monkeypatch.setattr(train_module, "sweep", broken)
+    monkeypatch.setattr(learners_module, "sweep", broken)
     result = CliRunner().invoke(main, ["-v", "train-head", "--workdir", str(digits10_workdir), "--backbone", "resnet34"])
     assert result.exit_code == EXIT_INTERNAL
     assert "internal error" in result.output and "Traceback" in result.output and "a bug inside fit" in result.output
@@ -110,7 +112,7 @@ def test_a_disk_problem_while_training_is_worded_for_training(digits10_workdir, 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", str(digits10_workdir / "heads"))
 
-    monkeypatch.setattr(train_module, "save_model", read_only)
+    monkeypatch.setattr(heads_train_module, "save_model", read_only)
     result = _run("train-head", "--workdir", str(digits10_workdir), "--backbone", "resnet34", "--c-grid", "1")
     assert result.exit_code == 1 and "Read-only file system" in result.output
     assert "nothing half-written was kept" in result.output and "batches" not in result.output

@@ -302,14 +302,6 @@ def test_short_batches_are_padded_to_the_tuned_shape():
     assert padded.is_contiguous(memory_format=torch.channels_last) and pad_rows(x, 2) is x
 
 
-def test_default_workers_share_the_cores_among_torchrun_processes(monkeypatch):
-    monkeypatch.setattr(extract_module.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    cuda = torch.device("cuda")
-    assert extract_module.default_workers(cuda) == 16 and extract_module.default_workers(cuda, reads_bytes_only=True) == 4
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
-    assert extract_module.default_workers(cuda) == 2 and extract_module.default_workers(torch.device("cpu")) == 1
-
-
 def _finetuned(path, seed: int, backbone: str = "resnet34", image_size: int = IMAGE_SIZE):
     """A checkpoint in the format `cnnfeat finetune` writes: a torchvision model for three classes."""
     import torchvision

@@ -16,8 +16,10 @@ from click.testing import CliRunner
 
 from features import FeatureCache, extract, get_backbone, load_rgb, preprocessing
 from pipeline.cli import main
-from pipeline.config import FinetuneConfig, PredictConfig
-from pipeline.finetune import finetune, new_model
+from pipeline.config import PredictConfig
+from pipeline.finetune import FinetuneConfig
+from pipeline.finetune.network import new_model
+from pipeline.finetuned import train as finetune
 from pipeline.predict import predict
 from pipeline.status import staleness
 

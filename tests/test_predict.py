@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 import torch
 
-from features import CacheError, FeatureCache, HeadError, cache_path, extract
-from pipeline.config import HeadConfig, PredictConfig
-from pipeline.heads import load_model
-from pipeline.predict import Probabilities, class_probabilities, predict, submission_frame
-from pipeline.train import train_ensemble, train_linear_heads
+from features import CacheError, FeatureCache, cache_path, extract
+from pipeline.config import PredictConfig
+from pipeline.heads import HeadConfig, HeadError, class_probabilities, load_model, train_ensemble, train_linear_heads
+from pipeline.outputs import Probabilities, submission_frame
+from pipeline.predict import predict
 
 from .conftest import extract_config
 

@@ -7,8 +7,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from features import FeatureCache, cache_path
-from pipeline.blend import view_proba
-from pipeline.probe import fit_logistic, logits_of, sweep
+from pipeline.heads.blend import view_proba
+from pipeline.heads.probe import fit_logistic, logits_of, sweep
 
 
 @pytest.fixture(scope="module")

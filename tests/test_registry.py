@@ -17,7 +17,7 @@ def test_book_names_and_aliases_find_the_entry(spec):
     assert spec.image_size == 299 and spec.avg_from_map and spec.map_layer
 
 
-def test_inception_keeps_its_hook_on_mixed_7c():
+def test_inception_takes_its_map_at_mixed_7c():
     assert get_backbone("inception").map_layer == "Mixed_7c"
 
 
@@ -28,6 +28,17 @@ def test_any_torchvision_classification_model_is_a_backbone():
         assert spec.name == name and spec.source == "torchvision" and spec.image_size is None
     assert get_backbone("densenet169").map_layer == "features" and get_backbone("densenet169").relu_on_map
     assert get_backbone("convnext_tiny").map_layer == ""  # found at build time: the global pool's input
+
+
+def test_what_a_family_needs_is_found_by_its_builder_name():
+    """Builder arguments torchvision derives from the weights, read from their meta where they come from it."""
+    aux = {"transform_input": True, "aux_logits": True, "init_weights": False}
+    assert get_backbone("inception").builder_kwargs({}) == get_backbone("googlenet").builder_kwargs({}) == aux
+    assert get_backbone("vit_h_14").builder_kwargs({"min_size": (518, 518)}) == {"image_size": 518}
+    assert get_backbone("maxvit_t").builder_kwargs({"min_size": (224, 224)}) == {"input_size": (224, 224)}
+    assert get_backbone("resnet50").builder_kwargs({"min_size": (1, 1)}) == {}
+    assert not get_backbone("regnet_y_400mf").meta_build and get_backbone("resnet50").meta_build
+    assert get_backbone("timm:vit_tiny_patch16_224").weights_kwargs == {}  # timm's names are not torchvision's
 
 
 def test_unknown_backbone_lists_what_there_is():

@@ -11,10 +11,8 @@ from sklearn.metrics import recall_score
 
 from features import FeatureCache, cache_path
 from pipeline.cli import main
-from pipeline.config import HeadConfig
-from pipeline.predict import class_probabilities
+from pipeline.heads import HeadConfig, class_probabilities, select_best, train_ensemble, train_linear_heads
 from pipeline.report import TRAINING_CURVES, build_reports, reports_dir
-from pipeline.train import select_best, train_ensemble, train_linear_heads
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

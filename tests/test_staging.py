@@ -1,22 +1,17 @@
 from __future__ import annotations
 
-import numpy as np
 
 from features.staging import Staging
 
-
-def _stage(staging: Staging, start: int, stop: int, failed: tuple[int, ...] = ()) -> None:
-    rows = np.array([r for r in range(start, stop) if r not in failed])
-    staging.save(start, stop, rows, rows[:, None].repeat(3, axis=1).astype(np.float32),
-                 list(failed), ["broken"] * len(failed))
+from .conftest import stage_rows
 
 
 def test_staging_knows_every_staged_row_gaps_included(tmp_path):
     staging = Staging(tmp_path, "train", "resnet34", "k")
     assert not staging.done_rows(18).any()
-    _stage(staging, 0, 4)
-    _stage(staging, 4, 8)
-    _stage(staging, 12, 16, failed=(13,))  # a gap at 8..12 (another rank's batch, or a killed one)
+    stage_rows(staging, 0, 4)
+    stage_rows(staging, 4, 8)
+    stage_rows(staging, 12, 16, failed=(13,))  # a gap at 8..12 (another rank's batch, or a killed one)
     expected = [r < 8 or 12 <= r < 16 for r in range(18)]
     assert staging.done_rows(18).tolist() == expected
     assert not list(staging.folder.glob("*.tmp"))
@@ -38,7 +33,7 @@ def test_staged_batches_of_older_settings_and_gone_splits_are_removed(tmp_path):
     other = Staging(tmp_path, "train", "inception", "old")
     gone = Staging(tmp_path, "extra", "resnet34", "k")
     for staging in (old, new, other, gone):
-        _stage(staging, 0, 2)
+        stage_rows(staging, 0, 2)
     new.remove_other_versions()
     assert not old.folder.exists() and new.folder.exists() and other.folder.exists()
     Staging.remove_splits_other_than(tmp_path, {"train"})

@@ -6,9 +6,9 @@ import h5py
 import pytest
 
 from features import FeatureCache, cache_path
-from pipeline.config import HeadConfig
-from pipeline.status import inputs_key, key_inputs, stale_models, staleness
-from pipeline.train import select_best, train_linear_heads
+from pipeline.heads import HeadConfig, select_best, train_linear_heads
+from pipeline.heads.status import inputs_key, key_inputs, staleness
+from pipeline.status import stale_models
 
 
 @pytest.fixture

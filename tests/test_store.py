@@ -5,19 +5,15 @@ import pytest
 
 from features.errors import CacheError
 from features.staging import Staging
+
+from .conftest import stage_rows
 from features.store import FeatureCache, SplitContent, commit_cache
-
-
-def _stage(staging: Staging, start: int, stop: int, failed: tuple[int, ...] = ()) -> None:
-    rows = np.array([r for r in range(start, stop) if r not in failed])
-    staging.save(start, stop, rows, rows[:, None].repeat(3, axis=1).astype(np.float32),
-                 list(failed), ["broken"] * len(failed))
 
 
 def test_rows_no_batch_covered_are_refused_not_left_zero(tmp_path):
     staging = Staging(tmp_path, "train", "resnet34", "k")
-    _stage(staging, 0, 4)
-    _stage(staging, 8, 10)  # rows 4-7: a batch another rank staged where this one cannot see it
+    stage_rows(staging, 0, 4)
+    stage_rows(staging, 8, 10)  # rows 4-7: a batch another rank staged where this one cannot see it
     content = SplitContent("train", "fp", tuple(f"{i}.jpg" for i in range(10)), np.zeros(10, dtype=np.int64), True,
                            {"resnet34": (staging, {"backbone": "resnet34"}, (3,))})
     with pytest.raises(CacheError, match="rows 4-7 of 10 were never staged"):
@@ -27,7 +23,7 @@ def test_rows_no_batch_covered_are_refused_not_left_zero(tmp_path):
 
 def test_verify_reads_every_byte(tmp_path):
     staging = Staging(tmp_path, "train", "resnet34", "k")
-    _stage(staging, 0, 3)
+    stage_rows(staging, 0, 3)
     content = SplitContent("train", "fp", ("a", "b", "c"), np.zeros(3, dtype=np.int64), True,
                            {"resnet34": (staging, {"backbone": "resnet34"}, (3,))})
     commit_cache(tmp_path / "features.h5", ("c",), "/data", [content])
@@ -44,8 +40,8 @@ def test_verify_reads_every_byte(tmp_path):
 
 def test_commit_drops_failed_rows_and_keeps_labels_in_step(tmp_path):
     staging = Staging(tmp_path, "train", "resnet34", "k")
-    _stage(staging, 0, 3, failed=(1,))
-    _stage(staging, 3, 5)
+    stage_rows(staging, 0, 3, failed=(1,))
+    stage_rows(staging, 3, 5)
     paths = tuple(f"train/c{i % 2}/{i}.jpg" for i in range(5))
     content = SplitContent("train", "fp", paths, np.array([0, 1, 0, 1, 0]), True,
                            {"resnet34": (staging, {"backbone": "resnet34", "pool": "avg"}, (3,))})
@@ -62,8 +58,8 @@ def test_commit_drops_failed_rows_and_keeps_labels_in_step(tmp_path):
 
 def test_backbones_that_skipped_different_files_are_refused(tmp_path):
     first, second = Staging(tmp_path, "train", "a", "k"), Staging(tmp_path, "train", "b", "k")
-    _stage(first, 0, 3, failed=(1,))
-    _stage(second, 0, 3)
+    stage_rows(first, 0, 3, failed=(1,))
+    stage_rows(second, 0, 3)
     content = SplitContent("train", "fp", ("x", "y", "z"), np.zeros(3, dtype=np.int64), True,
                            {"a": (first, {"backbone": "a"}, (3,)), "b": (second, {"backbone": "b"}, (3,))})
     with pytest.raises(CacheError, match="skipped other files"):
@@ -81,7 +77,7 @@ def test_missing_and_foreign_caches_say_what_to_run(tmp_path):
 
 def test_missing_split_or_backbone_names_what_exists(tmp_path):
     staging = Staging(tmp_path, "train", "resnet34", "k")
-    _stage(staging, 0, 2)
+    stage_rows(staging, 0, 2)
     content = SplitContent("train", "fp", ("a", "b"), np.zeros(2, dtype=np.int64), True,
                            {"resnet34": (staging, {"backbone": "resnet34"}, (3,))})
     commit_cache(tmp_path / "features.h5", ("c",), "/data", [content])

@@ -11,13 +11,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from features import BOOK, CacheError, ConfigError, ExtractConfig, FeatureCache, cache_path, extract
-from pipeline import train as train_module
-from pipeline.blend import log_loss
-from pipeline.config import BEST, CONCAT, ENSEMBLE, HeadConfig, PredictConfig
-from pipeline.predict import class_probabilities, predict
+from features import BOOK, CacheError, ConfigError, DataLayoutError, ExtractConfig, FeatureCache, cache_path, extract
+from features import log_loss
+from pipeline.config import PredictConfig
+from pipeline.heads import (BEST, CONCAT, ENSEMBLE, HeadConfig, class_probabilities, select_best, train_concat,
+                            train_ensemble, train_linear_heads)
+from pipeline.outputs import write_summary
+from pipeline.predict import predict
 from pipeline.status import stale_models
-from pipeline.train import select_best, train_concat, train_ensemble, train_linear_heads
 
 from .conftest import IMAGE_SIZE
 
@@ -114,7 +115,7 @@ def test_training_writes_checkpoint_metrics_history_predictions_and_summary(trai
     dims = torch.load(workdir / "heads" / "ensemble.pt", weights_only=True)["feature_dims"]
     with FeatureCache(cache_path(workdir)) as cache:
         assert dims == {name: cache.feature_shape("train", name)[0] for name in BOOK}  # the stored widths
-    train_module.write_summary(workdir)
+    write_summary(workdir)
     summary = list(csv.DictReader((workdir / "metrics" / "summary.csv").read_text().splitlines()))
     assert list(summary[0]) == ["model", "kind", "val_accuracy", "val_log_loss", "val_log_loss_uncalibrated",
                                 "temperature", "chosen", "weight"]
@@ -185,14 +186,14 @@ def test_a_probe_too_big_for_float64_is_solved_in_float32_as_accurately(digits10
     cfg = HeadConfig(workdir=digits10_workdir, **QUICK, force=True)
     (float64,) = train_linear_heads(cfg, ["resnet34"])
     # as for Dogs vs Cats' concat probe: its 25,000 training rows are too many for float64, its validation rows not
-    monkeypatch.setattr("pipeline.train.probe_dtype", lambda views: torch.float32 if len(views[0]) > 200 else torch.float64)
+    monkeypatch.setattr("pipeline.heads.learners.probe_dtype", lambda views: torch.float32 if len(views[0]) > 200 else torch.float64)
     (float32,) = train_linear_heads(cfg, ["resnet34"])
     assert float32.metrics["chosen"] == float64.metrics["chosen"]
     assert abs(float32.metrics["val_accuracy"] - float64.metrics["val_accuracy"]) <= 1 / float64.metrics["n_val"]
 
 
 def test_a_probe_too_big_for_memory_trains_by_minibatches(digits10_workdir, monkeypatch):
-    monkeypatch.setattr("pipeline.data.default_memory_budget", lambda: 0)
+    monkeypatch.setattr("pipeline.heads.table.default_memory_budget", lambda: 0)
     (result,) = train_linear_heads(HeadConfig(workdir=digits10_workdir, flip=False, epochs=30), ["resnet34"])
     assert "epochs" in result.metrics["chosen"] and result.metrics["val_accuracy"] > 0.5
 
@@ -200,7 +201,7 @@ def test_a_probe_too_big_for_memory_trains_by_minibatches(digits10_workdir, monk
 def test_errors_say_what_to_run(digits10_workdir, tmp_path):
     with pytest.raises(CacheError, match="no feature cache.*cnnfeat extract"):
         train_linear_heads(HeadConfig(workdir=tmp_path / "empty"))
-    with pytest.raises(CacheError, match="split 'test' has no labels"):
+    with pytest.raises(DataLayoutError, match="split 'test' has no labels"):  # the split rule's (features.splits)
         train_linear_heads(HeadConfig(workdir=digits10_workdir, val_split="test"), ["resnet34"])
     with pytest.raises(CacheError, match="needs two or more backbones"):
         train_ensemble(HeadConfig(workdir=digits10_workdir), ["resnet34"])

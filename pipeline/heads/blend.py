@@ -1,6 +1,5 @@
-"""Held-out evidence and what is built on it: folds, calibration, ensemble selection.
+"""What is built on held-out evidence: calibration, ensemble selection, blends of probabilities.
 
-    folds = stratified_folds(labels, k=5, seed=0)                 # a fold number per training row
     t = fit_temperature([oof_logits], labels)                       # Guo et al. 2017
     weights = greedy_selection({"a": proba_a, "b": proba_b}, labels)  # Caruana et al. 2004
 
@@ -11,24 +10,15 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 
-EPS = 1e-15  # scikit-learn's clip for log loss
+from features import EPS, log_loss
 
 
 def view_proba(logits: list[torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
     """The mean over views of softmax(logits / T): test-time augmentation when there are several views."""
     return torch.stack([torch.softmax(x.double() / temperature, dim=1) for x in logits]).mean(0)
-
-
-def log_loss(proba: torch.Tensor, labels: torch.Tensor) -> float:
-    picked = proba[torch.arange(len(labels)), labels.to(proba.device)]
-    return float(-picked.clamp_min(EPS).log().mean())
-
-
-def accuracy(proba: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((proba.argmax(1).cpu() == labels.cpu()).double().mean())
 
 
 def fit_temperature(logits: list[torch.Tensor], labels: torch.Tensor) -> float:
@@ -49,7 +39,7 @@ def fit_temperature(logits: list[torch.Tensor], labels: torch.Tensor) -> float:
     def objective() -> torch.Tensor:
         optimizer.zero_grad()
         proba = torch.stack([torch.softmax(x / log_t.exp(), dim=1) for x in views]).mean(0)
-        nll = -proba[torch.arange(len(y)), y].clamp_min(EPS).log().mean()
+        nll = F.nll_loss(proba.clamp_min(EPS).log(), y)
         doubt = -(1 - proba.max(1).values).clamp_min(EPS).log().mean()  # as if the predicted class were wrong
         loss = (1 - smoothing) * nll + smoothing * doubt + log_t.pow(2) / (2 * len(y))
         loss.backward()
@@ -59,21 +49,6 @@ def fit_temperature(logits: list[torch.Tensor], labels: torch.Tensor) -> float:
         optimizer.step(objective)
     t = float(log_t.detach().exp())
     return t if math.isfinite(t) else 1.0
-
-
-def stratified_folds(labels: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, int]:
-    """(fold number of each row, number of folds): each class dealt round-robin over the folds after a
-    seeded shuffle. Fewer folds when a class has fewer rows than k; 0 folds when one has a single row."""
-    counts = np.bincount(labels[labels >= 0]) if len(labels) else np.zeros(0, dtype=int)
-    k = min(k, int(counts[counts > 0].min())) if (counts > 0).any() else 0
-    folds = np.zeros(len(labels), dtype=np.int64)
-    if k < 2:
-        return folds, 0
-    rng = np.random.default_rng(seed)
-    for label in np.flatnonzero(counts):
-        rows = np.flatnonzero(labels == label)
-        folds[rng.permutation(rows)] = np.arange(len(rows)) % k
-    return folds, k
 
 
 def greedy_selection(probas: dict[str, torch.Tensor], labels: torch.Tensor, rounds: int = 50) -> dict[str, float]:
@@ -98,15 +73,3 @@ def blend_proba(probas: list[torch.Tensor], weights: list[float], temperature: f
     """sum_i w_i p_i, then sharpened or softened by T: softmax(log p / T)."""
     mixed = sum(w * p for w, p in zip(weights, probas))
     return view_proba([mixed.clamp_min(EPS).log()], temperature)
-
-
-def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A mask of rows to hold out: the same share of every class (at least one row of each class
-    that has two or more), drawn with the seed."""
-    rng = np.random.default_rng(seed)
-    held = np.zeros(len(labels), dtype=bool)
-    for label in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == label))
-        if len(rows) >= 2:
-            held[rows[: min(max(1, round(len(rows) * fraction)), len(rows) - 1)]] = True
-    return held

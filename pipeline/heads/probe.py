@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from .blend import accuracy, log_loss, view_proba
+from features import accuracy, log_loss
+
+from .blend import view_proba
 
 FLOAT64_LIMIT = 1 << 26  # feature values up to which probes compute in float64 (512 MiB); float32 beyond
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from features import CacheError, FeatureCache, cache_path
-from pipeline.data import FeatureTable, concat_tables, stats
+from pipeline.heads.table import FeatureTable, concat_tables, stats
 
 
 def test_streamed_table_gives_the_rows_and_statistics_of_the_in_memory_one(digits10_cache):

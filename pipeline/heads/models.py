@@ -23,9 +23,13 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from features import HeadError, atomic_output
+from features import CnnfeatError, atomic_output, read_torch_file
 
 from .config import HEAD_FORMAT
+
+
+class HeadError(CnnfeatError, ValueError):
+    """A saved head or model is missing, unreadable or does not fit the cache."""
 
 
 class Standardize(nn.Module):
@@ -178,12 +182,10 @@ def load_model(path: Path) -> tuple[Model, dict[str, Any], dict[str, Any]]:
     if not path.exists():
         raise HeadError(f"no trained model at {path}; train it first with `cnnfeat train-head`, "
                         f"`cnnfeat ensemble` or `cnnfeat run`")
+    fix = "retrain it (`cnnfeat run`, or the stage that made it, with --force)"
+    saved = read_torch_file(path, f"a loadable cnnfeat model (format {HEAD_FORMAT})", HeadError, fix, HEAD_FORMAT)
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved.get("format") != HEAD_FORMAT:
-            raise ValueError(f"saved in format {saved.get('format')}, this cnnfeat reads {HEAD_FORMAT}")
         model = Blend.from_checkpoint(saved) if saved["kind"] == "selection" else Classifier.from_checkpoint(saved)
-    except Exception as err:  # noqa: BLE001 - any failure here means the file is not a usable model
-        raise HeadError(f"{path} is not a loadable cnnfeat model ({type(err).__name__}: {err}); "
-                        f"retrain it (`cnnfeat run`, or the stage that made it, with --force)") from err
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # a file of the right format that does not fit
+        raise HeadError(f"{path} is not a loadable cnnfeat model ({type(err).__name__}: {err}); {fix}") from err
     return model, saved["meta"], saved

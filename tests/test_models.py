@@ -5,9 +5,8 @@ import json
 import pytest
 import torch
 
-from features import HeadError
-from pipeline.heads import (Blend, Classifier, EnsembleHead, LinearHead, Standardize, build_head, load_model,
-                            save_model)
+from pipeline.heads.models import (Blend, Classifier, EnsembleHead, HeadError, LinearHead, Standardize, build_head,
+                                   load_model, save_model)
 
 
 def test_standardize_uses_the_given_statistics_and_keeps_constant_features_finite():

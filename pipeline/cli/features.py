@@ -1,0 +1,175 @@
+"""Commands of the features part: extract, prepare, info, backbones."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from features import DECODERS, DEFAULT_LABEL_PATTERN, POOLS, PRECISIONS, ExtractConfig, PrepareConfig
+
+from .common import (BATCHES_KEPT, EXIT_PROBLEM, NOTHING_HALF_WRITTEN, backbones_option, device_option, force_option,
+                     handled, options, seed_option, views_option, with_progress, workdir_option)
+
+
+def extract_options(views_default: tuple[str, ...]) -> Callable[..., Any]:
+    return options(
+        click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+                     help="Folder with one subfolder per split: train/<class>/*.jpg, valid/<class>/*.jpg, test/*.jpg."),
+        click.option("--weights", default=ExtractConfig.weights,
+                     help="imagenet: each model's pretrained weights; random: seeded, for smoke runs only; "
+                          "or a weights name of the model (IMAGENET1K_V2, see `cnnfeat backbones`)."),
+        click.option("--pool", type=click.Choice(POOLS), default=ExtractConfig.pool, help="none stores the whole feature map."),
+        click.option("--image-size", type=int, default=ExtractConfig.image_size,
+                     help="Images are resized to this square size [default: 299 for the book's three, else each "
+                          "model's own]."),
+        click.option("--batch-size", "extract_batch_size", type=int, default=ExtractConfig.batch_size,
+                     help="Images per forward pass."),
+        click.option("--workers", type=int, default=ExtractConfig.workers,
+                     help="Decoding processes [default: from the core count]."),
+        device_option,
+        click.option("--precision", type=click.Choice(PRECISIONS), default=ExtractConfig.precision),
+        click.option("--decode", type=click.Choice(DECODERS), default=ExtractConfig.decode,
+                     help="device: JPEGs decoded and resized where the models run (nvJPEG on a GPU); auto: on a GPU only."),
+        views_option(views_default),
+        seed_option,
+    )
+
+
+def extract_config(o: dict[str, Any], backbones: tuple[str, ...]) -> ExtractConfig:
+    """The command's options as extraction settings (--batch-size is extract_batch_size: `run` has a head's too)."""
+    given = {**o, "backbones": backbones, "batch_size": o["extract_batch_size"]}
+    return ExtractConfig(**{f.name: given[f.name] for f in fields(ExtractConfig) if f.name in given})
+
+
+@click.command("extract")
+@backbones_option("--backbone", "all (the book's resnet34, inception, densenet121), any torchvision model "
+                                "(`cnnfeat backbones`), timm:<name>; comma lists, repeatable.")
+@workdir_option
+@extract_options(())
+@force_option
+@handled(BATCHES_KEPT)
+def extract_command(backbones: tuple[str, ...], **o: Any) -> None:
+    """Stage 1: decode every image once, run the frozen backbones, cache the features in HDF5."""
+    from features import extract
+
+    report = with_progress(lambda progress: extract(extract_config(o, backbones), progress=progress))
+    if report.main:  # under torchrun, rank 0 speaks for all
+        print_extract(report)
+
+
+def print_extract(report: Any) -> None:
+    for split, skipped in report.skipped_files.items():
+        click.echo(f"{split}: {len(skipped)} file(s) could not be decoded and are left out (see `cnnfeat info`)")
+    if not report.computed:
+        click.echo(f"Nothing to do: {report.cache} is up to date for {_pairs(report.up_to_date)}.")
+        return
+    ranks = f" by {len(report.images_per_rank)} ranks" if len(report.images_per_rank) > 1 else ""
+    built = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.build_seconds.items())
+    click.echo(
+        f"Extracted {_pairs(report.computed)}: {report.images_decoded} images{ranks} in {report.seconds:.1f} s "
+        f"({report.images_per_second:.1f} img/s; models built in {built}) -> {report.cache}"
+    )
+    if report.up_to_date:
+        click.echo(f"Already up to date: {_pairs(report.up_to_date)}.")
+
+
+def _pairs(pairs: list[tuple[str, str]]) -> str:
+    by_split: dict[str, list[str]] = {}
+    for split, backbone in pairs:
+        by_split.setdefault(split, []).append(backbone)
+    return "; ".join(f"{split}: {', '.join(names)}" for split, names in by_split.items())
+
+
+@click.command("prepare")
+@click.option("--train", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Flat folder of labeled images, as Kaggle ships train/.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The split layout to create (symlinks).")
+@click.option("--label-from-name", "label_pattern", is_flag=False, flag_value=DEFAULT_LABEL_PATTERN, default=None,
+              help=f"Label = first group of this regex on the file name [flag alone: {DEFAULT_LABEL_PATTERN}].")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="CSV with an id and a label column.")
+@click.option("--id-column", default=PrepareConfig.id_column, help="The CSV's column of ids (file names, with or without extension).")
+@click.option("--label-column", default=PrepareConfig.label_column, help="The CSV's column of labels.")
+@click.option("--test", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Flat folder of unlabeled images.")
+@click.option("--val-fraction", type=float, default=PrepareConfig.val_fraction, help="Stratified share of train that becomes valid/ (0: none).")
+@click.option("--seed", type=int, default=PrepareConfig.seed)
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@handled("nothing was made: --out is as it was")
+def prepare_command(**o: Any) -> None:
+    """Turn a raw Kaggle download into train/<class>/, valid/<class>/ and test/, without copying images."""
+    from features import PROBLEMS_FILE, prepare
+
+    report = prepare(PrepareConfig(**o))
+    counts = ", ".join(f"{split} {n}" for split, n in report.counts.items())
+    click.echo(f"{report.out}: {counts} images, {len(report.classes)} classes ({', '.join(report.classes[:10])}"
+               f"{', ...' if len(report.classes) > 10 else ''})")
+    if report.problems:
+        click.secho(f"{len(report.problems)} file(s) or row(s) left out, listed in {report.out / PROBLEMS_FILE}:", fg="yellow")
+        for kind, item, detail in report.problems[:5]:
+            click.secho(f"  {kind}: {item} ({detail})", fg="yellow")
+    click.echo(f"next: cnnfeat run --data {report.out}")
+
+
+@click.command("info")
+@workdir_option
+@click.option("--verify", is_flag=True, help="Also read every stored byte, checking the checksums.")
+@handled(NOTHING_HALF_WRITTEN)
+def info_command(workdir: Path, verify: bool) -> None:
+    """Show what the feature cache holds, and what the next `cnnfeat run` would redo."""
+    from features import FeatureCache, cache_path, pending_extraction
+
+    from ..status import stale_models
+
+    with FeatureCache(cache_path(workdir)) as cache:
+        click.echo(f"cache:   {cache.path}")
+        click.echo(f"data:    {cache.data_root}")
+        click.echo(f"classes: {', '.join(cache.classes) or '(none: no labeled split)'}")
+        for split in cache.splits:
+            kind = "labeled" if cache.is_labeled(split) else "unlabeled"
+            skipped = cache.skipped(split)
+            click.echo(f"\n{split}: {len(cache.paths(split))} images, {kind}, {len(skipped)} skipped")
+            for dataset in cache.datasets(split):
+                s = cache.settings(split, dataset)
+                shape = "x".join(map(str, cache.feature_shape(split, dataset)))
+                click.echo(f"  {dataset:<16} {shape:>10}  weights={s['weights']} pool={s['pool']} "
+                           f"image_size={s['image_size']} precision={s['precision']} layer={s.get('layer', '?')}")
+            for path, reason in skipped:
+                click.echo(f"  skipped {path}: {reason}")
+        damaged = cache.verify() if verify else []
+        pending = pending_extraction(cache)
+        stale = stale_models(cache, workdir, {(split, dataset) for split, dataset, _ in pending})
+    if verify:
+        click.echo("\nverify: every dataset reads back and matches its checksums" if not damaged else "\nverify:")
+        for line in damaged:
+            click.secho(f"  {line}", fg="red")
+    click.echo("\nthe next `cnnfeat run` with the same settings would:")
+    if not pending and not stale and not damaged:
+        click.echo("  do nothing: everything is up to date")
+    if damaged:
+        click.echo("  fail on the damaged datasets: rebuild with `cnnfeat extract --force`")
+    for split, dataset, why in pending:
+        click.echo(f"  extract {split}/{dataset}: {why}")
+    for name, why in stale:
+        click.echo(f"  train {name}: {why}")
+    if damaged:
+        sys.exit(EXIT_PROBLEM)
+
+
+@click.command("backbones")
+@click.option("--all", "show_all", is_flag=True, help="Also the models cnnfeat cannot take (no final Linear).")
+@handled(NOTHING_HALF_WRITTEN)
+def backbones_command(show_all: bool) -> None:
+    """List the backbones: the book's three and every torchvision classification model."""
+    from features import catalog
+
+    click.echo(f"{'backbone':<22} {'feature':>8} {'size':>5}  weights (--weights)")
+    for entry in catalog():
+        if entry.feature_dim or show_all:
+            dim = str(entry.feature_dim) if entry.feature_dim else "none"
+            click.echo(f"{entry.name:<22} {dim:>8} {entry.image_size:>5}  {', '.join(entry.weights)}")
+    click.echo("\nand timm:<model> for any timm model when timm is installed (pip install 'cnnfeat[timm]').")

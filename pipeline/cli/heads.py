@@ -1,0 +1,146 @@
+"""Commands of the heads part: train-head, ensemble, report; the summary shown after training."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from ..heads.config import BEST, C_GRID, HeadConfig
+from .common import (NOTHING_HALF_WRITTEN, backbones_option, device_option, floats, force_option, handled, options,
+                     seed_option, workdir_option)
+
+
+head_common_options = options(
+    click.option("--train-split", default=HeadConfig.train_split, help="Labeled split to fit on."),
+    click.option("--val-split", default=HeadConfig.val_split,
+                 help="Labeled split to choose and report on; without one, a share of train (--holdout)."),
+    click.option("--holdout", type=float, default=HeadConfig.holdout,
+                 help="Share of train held out when there is no --val-split."),
+    click.option("--folds", type=int, default=HeadConfig.folds,
+                 help="Out-of-fold predictions on train, for calibration and for choosing `best`."),
+    click.option("--calibrate/--no-calibrate", default=HeadConfig.calibrate,
+                 help="A temperature per model fitted on its out-of-fold predictions."),
+    click.option("--select/--no-select", default=HeadConfig.select,
+                 help="Build `best`, chosen on out-of-fold predictions among every trained model."),
+    click.option("--refit", is_flag=True, default=HeadConfig.refit,
+                 help="Retrain each model's chosen configuration on train + validation rows for the submission."),
+)
+probe_options = options(
+    click.option("--c-grid", default=",".join(map(str, C_GRID)), callback=floats,
+                 help="Inverse L2 strengths (scikit-learn's C) the linear probes are swept over."),
+    click.option("--max-iter", type=int, default=HeadConfig.max_iter, help="L-BFGS iterations per C at most."),
+    click.option("--flip/--no-flip", default=HeadConfig.flip,
+                 help="Also train +hflip models (both views, mean of both at prediction) where the cache has them."),
+)
+ensemble_options = options(
+    click.option("--epochs", type=int, default=HeadConfig.epochs, help="At most; early stopping usually ends sooner."),
+    click.option("--lr", type=float, default=HeadConfig.lr, help="Adam's learning rate."),
+    click.option("--weight-decay", type=float, default=HeadConfig.weight_decay),
+    click.option("--patience", type=int, default=HeadConfig.patience,
+                 help="Epochs without a better validation loss before stopping."),
+    click.option("--dropout", type=float, default=HeadConfig.dropout),
+    click.option("--hidden", type=int, default=HeadConfig.hidden, help="The ensemble's shared hidden size."),
+    click.option("--concat/--no-concat", default=HeadConfig.concat,
+                 help="Also a probe on all backbones' features concatenated."),
+)
+
+
+def head_batch_option(*names: str) -> Callable[..., Any]:
+    """`run` has --batch-size for extraction, so there the head's is only --head-batch-size."""
+    return click.option("--head-batch-size", *names, "head_batch_size", type=int, default=HeadConfig.batch_size,
+                        help="Rows per Adam step (the three-branch head).")
+
+
+def head_config(o: dict[str, Any]) -> HeadConfig:
+    given = {**o, "batch_size": o.get("head_batch_size", HeadConfig.batch_size)}
+    return HeadConfig(**{f.name: given[f.name] for f in fields(HeadConfig) if f.name in given})
+
+
+def head_stage(*stage_options: Callable[..., Any]) -> Callable[..., Any]:
+    """What train-head and ensemble both take, around their own options."""
+    return options(workdir_option, head_common_options, probe_options, *stage_options, seed_option, device_option,
+                   force_option, handled(NOTHING_HALF_WRITTEN))
+
+
+@click.command("train-head")
+@backbones_option("--backbone", "Backbone(s) to fit a linear probe on, or all that the cache has.")
+@head_stage()
+def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
+    """Stage 2: a linear probe per backbone, its L2 strength swept and chosen on validation rows."""
+    from ..heads import select_best, train_linear_heads
+
+    cfg = head_config(o)
+    results = train_linear_heads(cfg, backbones)
+    if cfg.select:
+        results.append(select_best(cfg))
+    after_training(cfg.workdir, results)
+
+
+@click.command("ensemble")
+@backbones_option("--backbones", "Two or more backbones (comma list or repeated), or all that the cache has.")
+@head_stage(ensemble_options, head_batch_option("--batch-size"))
+def ensemble_command(backbones: tuple[str, ...], **o: Any) -> None:
+    """Stage 3: the book's three-branch head and the concatenation probe, then `best` among every model."""
+    from ..heads import select_best, train_concat, train_ensemble
+
+    cfg = head_config(o)
+    results = [train_ensemble(cfg, backbones)]
+    if cfg.concat:
+        results = train_concat(cfg, backbones) + results
+    if cfg.select:
+        results.append(select_best(cfg))
+    after_training(cfg.workdir, results)
+
+
+def after_training(workdir: Path, results: list[Any]) -> None:
+    """The summary table, written and shown; the reports, rebuilt when a model changed."""
+    from ..outputs import write_summary
+    from ..report import TRAINING_CURVES, build_reports, reports_dir
+
+    write_summary(workdir)
+    _print_summary(workdir, {r.name: r.trained for r in results})
+    if any(r.trained for r in results) or not (reports_dir(workdir) / TRAINING_CURVES).exists():
+        report = build_reports(workdir)
+        for name, why in report.skipped:
+            click.echo(f"  (report leaves out {name}: {why})")
+        click.echo(f"reports: {reports_dir(workdir)} (training curves, a confusion matrix per model; "
+                   f"`cnnfeat report` compares them)")
+
+
+def _print_summary(workdir: Path, fresh: dict[str, bool]) -> None:
+    """One screen: each model's validation accuracy and log loss, and what `best` is made of."""
+    from ..outputs import read_summary
+
+    rows = [r for r in read_summary(workdir) if r["model"] in fresh]
+    click.echo(f"\n{'model':<22} {'val acc':>8} {'log loss':>9} {'uncalib.':>9} {'T':>6}  chosen")
+    for r in rows:
+        note = "" if fresh[r["model"]] else "  (up to date)"
+        weight = float(r["weight"])
+        chosen = "yes" if r["model"] == BEST else (f"{weight:.2f} of best" if weight else "")
+        uncalibrated = f"{float(r['val_log_loss_uncalibrated']):9.4f}" if r["val_log_loss_uncalibrated"] else f"{'':9}"
+        click.echo(f"{r['model']:<22} {float(r['val_accuracy']):8.4f} {float(r['val_log_loss']):9.4f} {uncalibrated} "
+                   f"{float(r['temperature']):6.2f}  {chosen}{note}")
+
+
+@click.command("report")
+@workdir_option
+@handled(NOTHING_HALF_WRITTEN)
+def report_command(workdir: Path) -> None:
+    """Rebuild reports/ (training curves, confusion matrices) and compare every up-to-date model."""
+    from ..report import build_reports, reports_dir
+
+    report = build_reports(workdir)
+    click.echo(f"reports: {reports_dir(workdir)}")
+    for name, why in report.skipped:
+        click.echo(f"  left out {name}: {why}")
+    rows = report.models
+    click.echo(f"\n{'model':<22} {'accuracy':>9} {'log loss':>9}  chosen on {rows[0].split if rows else 'validation'}")
+    for r in rows:
+        click.echo(f"{r.model:<22} {r.accuracy:9.4f} {r.log_loss:9.4f}  {r.chosen}")
+    if rows:
+        click.echo(f"\nrecall per class {'':<5}" + "".join(f"{r.model[:13]:>14}" for r in rows))
+        for name in rows[0].recall:
+            click.echo(f"{name[:21]:<22}" + "".join(f"{r.recall[name]:14.3f}" for r in rows))

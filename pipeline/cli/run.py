@@ -1,0 +1,76 @@
+"""`cnnfeat run`: every stage as one batch job, settings from options or a TOML file."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..config import RUN_VIEWS, PredictConfig
+from .common import BATCHES_KEPT, backbones_option, force_option, handled, with_progress, workdir_option
+from .features import extract_config, extract_options, print_extract
+from .heads import after_training, ensemble_options, head_batch_option, head_common_options, head_config, probe_options
+from .predict import print_prediction
+
+
+@click.command("run", context_settings={"show_default": True})
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), is_eager=True,
+              expose_value=False, callback=lambda ctx, param, value: _load_toml(ctx, value),
+              help="TOML file of settings, keys named like the options (paths relative to the file); "
+                   "options given here win.")
+@backbones_option("--backbones", "all (the book's three), or any backbones as for `extract --backbone`.")
+@workdir_option
+@extract_options(RUN_VIEWS)
+@head_common_options
+@probe_options
+@ensemble_options
+@head_batch_option()
+@click.option("--kaggle-binary", is_flag=True, help="Predict as id,label (two classes).")
+@click.option("--clip", type=float, default=PredictConfig.clip, help="Clip predicted probabilities to [clip, 1-clip].")
+@force_option
+@handled(BATCHES_KEPT)
+def run_command(backbones: tuple[str, ...], **o: Any) -> None:
+    """Every stage in order: extract (with mirrored views), probes, ensemble and concat, best, predict."""
+    from ..run import run_pipeline
+
+    extract_cfg, head_cfg = extract_config(o, backbones), head_config(o)
+    predict_cfg = PredictConfig(workdir=o["workdir"], kaggle_binary=o["kaggle_binary"], clip=o["clip"],
+                                device=o["device"], force=o["force"])
+    report = with_progress(lambda progress: run_pipeline(extract_cfg, head_cfg, predict_cfg, progress))
+    if not report.extract.main:  # under torchrun, rank 0 trains, predicts and speaks for all
+        return
+    print_extract(report.extract)
+    after_training(head_cfg.workdir, report.heads)
+    if report.prediction is not None:
+        print_prediction(report.predicted_with, predict_cfg.split, report.prediction)
+
+
+PATH_SETTINGS = ("data", "workdir")
+
+
+def _load_toml(ctx: click.Context, path: Path | None) -> None:
+    """Settings from a TOML file become the command's defaults, so options on the command line win.
+
+    Relative paths in the file are relative to the file's folder, as with most tools' config files.
+    """
+    if path is None:
+        return
+    try:
+        settings = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise click.BadParameter(f"{path} is not valid TOML: {err}") from err
+    known = {p.name: p for p in ctx.command.params if p.name}
+    aliases = {"batch_size": "extract_batch_size"}
+    defaults = {}
+    for key, value in settings.items():
+        name = aliases.get(key.replace("-", "_"), key.replace("-", "_"))
+        if name not in known or name == "config":
+            raise click.BadParameter(f"{path}: unknown setting {key!r}; use the names of `cnnfeat run --help` options")
+        if name in PATH_SETTINGS and isinstance(value, str):
+            value = str(path.parent / value)
+        elif isinstance(value, list) and not getattr(known[name], "multiple", False):
+            value = ",".join(map(str, value))  # c-grid = [0.01, 1.0] as on the command line
+        defaults[name] = value
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}

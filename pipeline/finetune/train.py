@@ -1,0 +1,337 @@
+"""Fine-tuning: train a backbone's top blocks (or all of it, from scratch) on the data's classes.
+
+    from pipeline.finetune import FinetuneConfig, finetune
+    result = finetune(FinetuneConfig(data="data/dvc", workdir="runs/dvc", backbone="resnet34", train_layers="layer4"))
+    torchrun --nproc_per_node=4 -m pipeline finetune --data data/dvc --workdir runs/dvc --train-layers all
+
+The loop is torchvision's reference recipe cut short (`train_one_epoch`, `evaluate`, a checkpoint with
+model, optimizer, scheduler and epoch). Each epoch reseeds torch from (seed, epoch), so a run resumed
+from its checkpoint takes the same shuffles and augmentations as an uninterrupted one. The result is
+<workdir>/finetuned/<backbone>.pt (features.checkpoint's format), which `extract --weights` and
+`predict --model finetuned-<backbone>` read. Depends on features only.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from features import (BackboneSpec, FinetunedCheckpoint, ProgressFn, Ranks, accuracy, atomic_output, class_prior,
+                      default_image_size, default_workers, file_sha256, final_linear, finetuned_path, get_backbone,
+                      log_loss, normalize, plain_settings, preprocessing, read_torch_file, resolve_device,
+                      save_finetuned, torchrun_ranks, workdir_lock, WeightsUnavailableError)
+
+from .config import FinetuneConfig, checkpoint_file, finetuned_dir, model_name
+from .data import FinetuneData, ImageRows, collate, load_data
+from .network import builder_kwargs, chosen_blocks, freeze, new_model, set_modes
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = 2  # bumped when the resume checkpoint changes, so an old one starts over instead of failing
+Normalizer = Callable[[torch.Tensor], torch.Tensor]  # uint8 (N, 3, H, W) on any device -> the network's input
+
+
+@dataclass
+class FinetuneResult:
+    checkpoint: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    trained: bool = True  # False when the finished run was already there
+    skipped: list[str] = field(default_factory=list)  # files that could not be decoded
+    classes: tuple[str, ...] = ()
+    validation: dict[str, Any] = field(default_factory=dict)  # paths, labels, proba (tensors) of the validation rows
+
+    @property
+    def name(self) -> str:
+        return model_name(self.checkpoint.stem)
+
+
+def normalizer(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device, channels_last: bool) -> Normalizer:
+    """The weights' normalisation (features.normalize, as extraction does it), in the memory layout asked for."""
+    mean_t, std_t = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (mean, std))
+
+    def apply(images: torch.Tensor) -> torch.Tensor:
+        x = normalize(images.to(device, non_blocking=True), mean_t, std_t)
+        return x if channels_last else x.contiguous()
+
+    return apply
+
+
+@dataclass
+class _Run:
+    """Everything one training step needs."""
+
+    model: nn.Module  # DDP-wrapped under torchrun
+    normalize: Normalizer
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    cfg: FinetuneConfig
+    trained: list[str]
+    every: bool  # --train-layers all: the stem outside any block trains too
+    bn_train: bool
+    skipped: set[str] = field(default_factory=set)
+
+
+def _autocast(run: _Run) -> Any:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.cfg.precision)
+    return torch.autocast(run.device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _note_failed(run: _Run, dataset: ImageRows, failed: list[int]) -> None:
+    for row in failed:
+        if dataset.paths[row] not in run.skipped:
+            log.warning("skipping %s: it cannot be decoded", dataset.paths[row])
+            run.skipped.add(dataset.paths[row])
+
+
+def train_one_epoch(run: _Run, loader: DataLoader, progress: ProgressFn | None, what: str) -> dict[str, float]:
+    """One pass over the training split; optimizer steps every `accumulate` batches."""
+    module = run.model.module if hasattr(run.model, "module") else run.model
+    set_modes(module, run.trained, run.every, run.bn_train)
+    total_loss = correct = seen = 0.0
+    steps = len(loader)
+    run.optimizer.zero_grad(set_to_none=True)
+    for i, (images, labels, _, failed) in enumerate(loader):
+        _note_failed(run, loader.dataset, failed)
+        if len(labels):
+            labels = labels.to(run.device, non_blocking=True)
+            with _autocast(run):
+                logits = run.model(run.normalize(images))
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=run.cfg.label_smoothing)
+            run.scaler.scale(loss / run.cfg.accumulate).backward()
+            total_loss += loss.item() * len(labels)
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += len(labels)
+        if (i + 1) % run.cfg.accumulate == 0 or i + 1 == steps:
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scheduler.step()
+        if progress is not None:
+            progress(what, len(labels) + len(failed), len(loader.sampler), total_loss / max(seen, 1))  # this rank's images
+    return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, inputs: Normalizer, loader: DataLoader, device: torch.device,
+             tta: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(probabilities float64, rows, failed rows) over a loader; with tta the mirror's probabilities averaged in."""
+    model.eval()
+    probas, rows, failed_rows = [], [], []
+    for images, _, batch_rows, failed in loader:
+        failed_rows += failed
+        if not len(batch_rows):
+            continue
+        x = inputs(images)
+        proba = model(x).double().softmax(1)
+        if tta:
+            proba = (proba + model(x.flip(-1)).double().softmax(1)) / 2
+        probas.append(proba.cpu())
+        rows.append(batch_rows)
+    n_classes = model.get_submodule(final_linear(model)).out_features
+    empty = torch.zeros(0, n_classes, dtype=torch.float64)
+    return (torch.cat(probas) if probas else empty), (torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)), \
+        failed_rows
+
+
+def _validate(run: _Run, loader: DataLoader) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    module = run.model.module if hasattr(run.model, "module") else run.model
+    with _autocast(run):
+        proba, rows, failed = evaluate(module, run.normalize, loader, run.device)
+    _note_failed(run, loader.dataset, failed)
+    labels = torch.from_numpy(loader.dataset.labels[rows.numpy()])
+    return {"val_loss": log_loss(proba, labels), "val_accuracy": accuracy(proba, labels)}, proba, rows
+
+
+def _optimizer(cfg: FinetuneConfig, groups: list[tuple[str, list[nn.Parameter]]]) -> torch.optim.Optimizer:
+    """One parameter group per block, each block's lr lr_decay times the one above it."""
+    params = [{"params": ps, "lr": cfg.lr * cfg.lr_decay ** depth, "name": name} for depth, (name, ps) in enumerate(groups)]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _scheduler(cfg: FinetuneConfig, optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.schedule == "onecycle" and steps >= 3:  # its warm-up needs a step or more, and one after it
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                                   total_steps=steps, pct_start=min(max(cfg.warmup, 1.5 / steps), 0.5))
+    warm = max(1, round(cfg.warmup * steps))
+
+    def factor(step: int) -> float:  # linear warm-up, then cosine to 0
+        return (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _run_key(cfg: FinetuneConfig, data: FinetuneData, size: int) -> str:
+    """Changes with every setting that shapes the result (not device, workers or force) and with the files."""
+    ignored = ("device", "workers", "force", "workdir", "data")
+    settings = {k: v for k, v in plain_settings(cfg).items() if k not in ignored}
+    weights = cfg.weights
+    if (path := finetuned_path(weights)) is not None:
+        weights = file_sha256(path)
+    blob = json.dumps([settings, weights, size, data.key, data.classes], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _loader(dataset: ImageRows, cfg: FinetuneConfig, device: torch.device, shuffle: bool, sampler: Any = None,
+            generator: torch.Generator | None = None) -> DataLoader:
+    workers = default_workers(device) if cfg.workers is None else cfg.workers
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda", generator=generator,
+                      persistent_workers=False)
+
+
+def finetune(cfg: FinetuneConfig, progress: ProgressFn | None = None) -> FinetuneResult:
+    """Train, resuming from the workdir's checkpoint of the same run; write the fine-tuned checkpoint and metrics."""
+    spec = get_backbone(cfg.backbone)
+    size = cfg.image_size or default_image_size(spec, cfg.weights)
+    data = load_data(cfg, size)
+    device = resolve_device(cfg.device)
+    with torchrun_ranks(device) as ranks:
+        device = ranks.device(device)
+        if ranks.main:
+            with workdir_lock(cfg.workdir):
+                return _finetune(cfg, spec, size, data, device, ranks, progress)
+        return _finetune(cfg, spec, size, data, device, ranks, None)
+
+
+def _finetune(cfg: FinetuneConfig, spec: BackboneSpec, size: int, data: FinetuneData, device: torch.device, ranks: Ranks,
+              progress: ProgressFn | None) -> FinetuneResult:
+    out = checkpoint_file(cfg.workdir, spec.name)
+    state_path = finetuned_dir(cfg.workdir) / f"{spec.name}.state.pt"
+    key = _run_key(cfg, data, size)
+    state = _read_state(state_path, key) if not cfg.force else None
+    if state is not None and state["finished"]:
+        if out.exists():
+            log.info("%s: up to date (%s)", model_name(spec.name), out)
+            return FinetuneResult(out, state["metrics"], state["history"], trained=False, classes=data.classes,
+                                  validation=state["validation"])
+        state = None  # finished, but its checkpoint was removed since: train again
+    model = new_model(spec, cfg.weights, len(data.classes), cfg.seed)
+    trained = chosen_blocks(spec, model, cfg.train_layers)
+    every = cfg.train_layers.strip() == "all"
+    groups = freeze(model, trained, every)
+    bn_train = cfg.bn_train if cfg.bn_train is not None else cfg.weights == "random"
+    prep = preprocessing(spec, cfg.weights)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = _optimizer(cfg, groups)
+    steps_per_epoch = math.ceil(math.ceil(len(data.train) / (cfg.batch_size * ranks.world_size)) / cfg.accumulate)
+    scheduler = _scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16" and device.type == "cuda")
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"epoch": 0, "val_loss": math.inf, "state": None}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history, best = state["history"], state["best"]
+        log.info("%s: resuming after epoch %d of %d", model_name(spec.name), len(history), cfg.epochs)
+    wrapped = model
+    if ranks.world_size > 1:
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    run = _Run(wrapped, normalizer(prep.mean, prep.std, device, cfg.channels_last), optimizer, scheduler, scaler, device, cfg, trained,
+               every, bn_train)
+    sampler = None
+    if ranks.world_size > 1:
+        sampler = torch.utils.data.DistributedSampler(data.train, ranks.world_size, ranks.rank, seed=cfg.seed)
+    val_loader = _loader(data.val, cfg, device, shuffle=False)
+    stopped = len(history) - best["epoch"] >= cfg.patience
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
+        if stopped:
+            break
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # this epoch's shuffle, augmentation and dropout
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        start = time.perf_counter()
+        row = {"epoch": epoch, **train_one_epoch(run, _loader(data.train, cfg, device, True, sampler, generator),
+                                                 progress, f"epoch {epoch}/{cfg.epochs}")}
+        row["images_per_second"] = len(data.train) / (time.perf_counter() - start)
+        metrics, _, _ = _validate(run, val_loader)
+        row.update(metrics, lr=optimizer.param_groups[0]["lr"])
+        history.append(row)
+        if row["val_loss"] < best["val_loss"]:
+            best = {"epoch": epoch, "val_loss": row["val_loss"], "state": copy.deepcopy(model.state_dict())}
+        stopped = epoch - best["epoch"] >= cfg.patience
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val accuracy %.4f", epoch, row["train_loss"],
+                 row["val_loss"], row["val_accuracy"])
+        if ranks.main:
+            _write_state(state_path, {"format": STATE_FORMAT, "key": key, "finished": False, "model": model.state_dict(),
+                                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                      "scaler": scaler.state_dict(), "history": history, "best": best})
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    _, proba, rows = _validate(run, val_loader)
+    # plain tensors and lists: the resume checkpoint keeps them, and loads with weights_only=True
+    validation = {"paths": [data.val.paths[r] for r in rows.tolist()],
+                  "labels": torch.from_numpy(data.val.labels[rows.numpy()]), "proba": proba}
+    result = FinetuneResult(out, {}, history, skipped=sorted(run.skipped), classes=data.classes, validation=validation)
+    if ranks.main:
+        result.metrics = _save_network(cfg, spec, size, data, model, prep, trained, bn_train, best["epoch"], history,
+                                       validation)
+        _write_state(state_path, {"format": STATE_FORMAT, "key": key, "finished": True, "history": history,
+                                  "metrics": result.metrics, "validation": validation})
+    return result
+
+
+def _read_state(path: Path, key: str) -> dict[str, Any] | None:
+    """The resume checkpoint if it belongs to this very run, else None (a different run starts over)."""
+    if not path.exists():
+        return None
+    try:
+        state = read_torch_file(path, "a resume checkpoint", WeightsUnavailableError, "starting over", STATE_FORMAT)
+    except WeightsUnavailableError as err:  # damaged, or an older cnnfeat's: start over, say so
+        log.warning("%s", err)
+        return None
+    if state.get("key") != key:
+        log.info("%s belongs to a run with other settings or files; starting over", path)
+        return None
+    return state
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _save_network(cfg: FinetuneConfig, spec: BackboneSpec, size: int, data: FinetuneData, model: nn.Module, prep: Any,
+                  trained: list[str], bn_train: bool, best_epoch: int, history: list[dict],
+                  validation: dict[str, Any]) -> dict[str, Any]:
+    """Write finetuned/<backbone>.pt; its metrics on the validation rows."""
+    proba, labels = validation["proba"], validation["labels"]
+    kept = history[best_epoch - 1] if best_epoch else {}
+    metrics = {
+        "model": model_name(spec.name), "kind": "finetuned", "backbones": [spec.name], "views": [],
+        "val_split": data.val_description, "n_train": len(data.train), "n_val": len(labels),
+        "val_accuracy": accuracy(proba, labels), "val_log_loss": log_loss(proba, labels),
+        "val_log_loss_uncalibrated": None, "temperature": 1.0,
+        "train_accuracy": kept.get("train_accuracy"), "train_log_loss": kept.get("train_loss"),
+        "chosen": {"epochs": best_epoch}, "trained_blocks": trained, "classes": list(data.classes),
+    }
+    save_finetuned(checkpoint_file(cfg.workdir, spec.name), FinetunedCheckpoint(
+        backbone=spec.name, builder_kwargs=builder_kwargs(spec), classes=list(data.classes),
+        state_dict={k: v.cpu() for k, v in model.state_dict().items()},
+        settings={**plain_settings(cfg), "data": str(cfg.data.resolve()), "image_size": size, "bn_train": bn_train,
+                  "trained_blocks": trained},
+        preprocessing={"mean": list(prep.mean), "std": list(prep.std), "image_size": size},
+        class_prior=class_prior(data.train.labels, len(data.classes)), metrics=metrics))
+    return metrics

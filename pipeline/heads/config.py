@@ -1,0 +1,62 @@
+"""Settings of the heads' stage and the names of the models it makes, each default given once, with its reason.
+
+Imports no torch: the CLI builds its options from these defaults at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from features import DEFAULT_DEVICE, DEFAULT_SEED, DEFAULT_WORKDIR, HFLIP, ConfigError, require_counts, require_two_splits
+
+# Bumped when what a saved model holds changes (3: L-BFGS probes with views, temperature and
+# out-of-fold predictions), so models saved by an older cnnfeat are retrained once instead of read half-way.
+HEAD_FORMAT = 3
+BEST = "best"  # the model chosen on held-out evidence
+ENSEMBLE = "ensemble"  # the book's three-branch head
+CONCAT = "concat"  # one linear probe on every backbone's features side by side
+FLIP_SUFFIX = "+" + HFLIP  # a model trained on both views and predicting on their mean
+# log grid of scikit-learn's C (inverse L2 strength, per training row): 1e-4 ... 1e2 in half decades
+C_GRID = tuple(round(10 ** (e / 2), 6) for e in range(-8, 5))
+
+
+@dataclass
+class HeadConfig:
+    workdir: Path = DEFAULT_WORKDIR
+    train_split: str = "train"
+    val_split: str = "valid"  # when the data has no such split, a stratified share of train stands in
+    holdout: float = 0.1  # that share (DINOv2's linear probe holds out 10 %)
+    # linear probes: full-batch L-BFGS logistic regression, swept over C_GRID
+    c_grid: tuple[float, ...] = C_GRID
+    max_iter: int = 500  # L-BFGS iterations per grid value; warm starts along the grid need far fewer
+    concat: bool = True  # also a probe on all backbones' features concatenated (the 99.6 % pipeline's head)
+    flip: bool = True  # also train on mirrored views (+hflip models) where extract stored them
+    # the book's three-branch ensemble: Adam, early stopping
+    epochs: int = 200  # an upper bound: early stopping on validation loss usually ends sooner
+    lr: float = 1e-3  # Adam's default suits standardised inputs
+    batch_size: int = 64  # the book's
+    weight_decay: float = 0.0
+    patience: int = 10  # epochs without a better validation loss before stopping
+    dropout: float = 0.5  # the book's
+    hidden: int = 512  # the book's shared space
+    # held-out evidence for calibration and for choosing `best`
+    folds: int = 5  # out-of-fold predictions on the training rows
+    calibrate: bool = True  # a temperature per model, fitted on its out-of-fold predictions
+    select: bool = True  # build `best`: greedy ensemble selection over every model
+    refit: bool = False  # finally retrain each chosen configuration on train + validation rows
+    seed: int = DEFAULT_SEED
+    device: str = DEFAULT_DEVICE
+    force: bool = False  # retrain even when the saved head is up to date
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        self.c_grid = tuple(sorted(float(c) for c in self.c_grid))
+        require_counts(self, ("epochs", "batch_size", "patience", "hidden", "max_iter", "folds"))
+        if self.lr <= 0 or not self.c_grid or self.c_grid[0] <= 0:
+            raise ConfigError(f"lr and every C must be positive, not lr={self.lr}, C={self.c_grid}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), not {self.dropout}")
+        if not 0 < self.holdout < 1:
+            raise ConfigError(f"holdout must be in (0, 1), not {self.holdout}")
+        require_two_splits(self.train_split, self.val_split)

@@ -1,0 +1,54 @@
+"""A saved head applied to the cached features of a split: class probabilities for every file.
+
+    probs = class_probabilities("runs/digits", "best", "test")     # pipeline.outputs.Probabilities
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from features import (DEFAULT_DEVICE, VALUE_SETTINGS, CacheError, FeatureCache, cache_path, check_fresh, dataset_name,
+                      label_of, resolve_device)
+
+from ..outputs import Probabilities
+from .blend import blend_proba, view_proba
+from .models import Blend, Model, head_logits, load_model
+from .status import heads_dir
+from .table import FeatureTable
+
+
+def model_proba(model: Model, cache: FeatureCache, split: str, device: torch.device) -> torch.Tensor:
+    """(N, classes) float64: a classifier's views averaged at its temperature, or a blend of them."""
+    if isinstance(model, Blend):
+        members = [model_proba(member, cache, split, device) for _, member in model.members]
+        return blend_proba(members, [weight for weight, _ in model.members], model.temperature)
+    head = model.head.to(device)
+    logits = [head_logits(head, FeatureTable(cache, split, {b: dataset_name(b, view) for b in head.backbones}), device)
+              for view in model.views]
+    return view_proba(logits, model.temperature)
+
+
+def class_probabilities(workdir: Path, model: str, split: str, device: str = DEFAULT_DEVICE) -> Probabilities:
+    """A saved model applied to every file of a split, after checking that the model and the cache agree."""
+    loaded, meta, _ = load_model(heads_dir(workdir) / f"{model}.pt")
+    with FeatureCache(cache_path(workdir)) as cache:
+        if tuple(meta["classes"]) != cache.classes:
+            raise CacheError(f"model {model!r} was trained on classes {meta['classes']}, but {cache.path} holds "
+                             f"{list(cache.classes)}; retrain it: `cnnfeat run --force`")
+        check_fresh(cache, [split])
+        for dataset, trained_on in meta["feature_settings"].items():
+            now = cache.settings(split, dataset)
+            changed = sorted(k for k in VALUE_SETTINGS if k in trained_on and now.get(k) != trained_on[k])
+            if changed:
+                raise CacheError(f"model {model!r} was trained on {dataset} features with other {', '.join(changed)} "
+                                 f"than {split!r} now has; retrain it with --force, or extract again with its settings")
+        proba = model_proba(loaded, cache, split, resolve_device(device)).numpy()
+        paths, labels = cache.paths(split), cache.labels(split)
+        skipped = [path for path, _ in cache.skipped(split)]
+        classes = cache.classes
+    return Probabilities.with_fallback(paths, labels, proba, classes, skipped,
+                                       np.array([label_of(p, classes) for p in skipped], dtype=np.int64),
+                                       meta["class_prior"])

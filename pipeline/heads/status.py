@@ -1,0 +1,101 @@
+"""Which saved heads are up to date: one key per model over exactly what it was trained from.
+
+A model's inputs key covers its kind, backbones, views, the settings it uses (no others: a linear
+probe ignores the ensemble's --hidden), the classes, the fingerprints of its splits and the value
+settings of its features. heads/<name>.json holds the key and what it was computed from, so
+`cnnfeat info` tells what is stale without loading torch. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterable
+
+from features import BOOK, VALUE_SETTINGS, FeatureCache, dataset_name
+
+from .config import BEST, CONCAT, ENSEMBLE, HEAD_FORMAT, HeadConfig
+
+COMMON_SETTINGS = ("train_split", "val_split", "folds", "calibrate", "refit", "seed")
+KIND_SETTINGS = {
+    "linear": ("c_grid", "max_iter"),
+    "ensemble": ("epochs", "lr", "batch_size", "weight_decay", "patience", "dropout", "hidden"),
+    "selection": (),
+}
+
+
+def heads_dir(workdir: Path) -> Path:
+    return Path(workdir) / "heads"
+
+
+def saved_heads(workdir: Path) -> list[str]:
+    """Names of the models saved under heads/."""
+    folder = heads_dir(workdir)
+    return [p.stem for p in sorted(folder.glob("*.pt"))] if folder.is_dir() else []
+
+
+def key_inputs(cache: FeatureCache, cfg: HeadConfig, kind: str, backbones: Iterable[str], views: Iterable[str]) -> dict:
+    """What a model of this kind depends on beyond the cache: its kind, inputs and the settings it uses."""
+    used = COMMON_SETTINGS + KIND_SETTINGS[kind] + (() if cfg.val_split in cache.splits else ("holdout",))
+    settings = {k: v for k, v in asdict(cfg).items() if k in used}
+    return {"kind": kind, "backbones": list(backbones), "views": list(views), "settings": settings}
+
+
+def inputs_key(cache: FeatureCache, inputs: dict, members: dict[str, str] | None = None) -> str:
+    """Changes whenever the features, the splits' files, the classes or a setting the model uses change."""
+    settings = inputs["settings"]
+    splits = [s for s in (settings["train_split"], settings["val_split"]) if s in cache.splits]
+    blob = {
+        "head_format": HEAD_FORMAT, **inputs, "classes": cache.classes, "members": members or {},
+        "splits": {s: cache.fingerprint(s) for s in splits},
+        "features": {f"{s}/{dataset_name(b, v)}": {k: cache.settings(s, dataset_name(b, v)).get(k) for k in VALUE_SETTINGS}
+                     for s in splits for b in inputs["backbones"] for v in inputs["views"]},
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_sidecar(workdir: Path, name: str) -> dict | None:
+    """heads/<name>.json if it describes an intact heads/<name>.pt, else None."""
+    model, sidecar = heads_dir(workdir) / f"{name}.pt", heads_dir(workdir) / f"{name}.json"
+    try:
+        data = json.loads(sidecar.read_text())
+        intact = hashlib.sha256(model.read_bytes()).hexdigest() == data["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return data if intact else None
+
+
+def staleness(cache: FeatureCache, workdir: Path, name: str, changing: set[tuple[str, str]] = frozenset()) -> str:
+    """'' when heads/<name>.pt is up to date, else why `cnnfeat run` would train it again."""
+    if not (heads_dir(workdir) / f"{name}.pt").exists():
+        return "not trained yet"
+    data = read_sidecar(workdir, name)
+    if data is None:
+        return "its file is damaged or unreadable"
+    if data.get("format") != HEAD_FORMAT:
+        return "saved by an older cnnfeat"
+    inputs = data["key_inputs"]
+    splits = (inputs["settings"]["train_split"], inputs["settings"]["val_split"])
+    if any((split, dataset_name(b, v)) in changing or (split, "*") in changing
+           for split in splits for b in inputs["backbones"] for v in inputs["views"]):
+        return "its features will be extracted again"
+    members = data.get("members") or {}
+    for member, key in members.items():
+        other = read_sidecar(workdir, member)
+        if staleness(cache, workdir, member, changing) or other is None or other["inputs_key"] != key:
+            return f"its member {member} changed"
+    try:
+        current = inputs_key(cache, inputs, members)
+    except Exception:  # noqa: BLE001 - a split or dataset it needs is gone from the cache
+        return "its features are no longer in the cache"
+    return "" if current == data["inputs_key"] else "its features or the split files changed"
+
+
+def stale_heads(cache: FeatureCache, workdir: Path, changing: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(model, why) for every head `cnnfeat run` would train again, `changing` being the (split, dataset)
+    features it will extract first."""
+    names = list(dict.fromkeys([*BOOK, CONCAT, ENSEMBLE, BEST, *saved_heads(workdir)]))
+    found = [(name, staleness(cache, workdir, name, changing)) for name in names]
+    return [(name, why) for name, why in found if why]

@@ -1,0 +1,138 @@
+"""What every model leaves in the workdir, and the submission: written and read here only.
+
+    write_model_outputs(workdir, name, metrics, history, validation)   # metrics/<name>.json, -history.csv, -valid.csv
+    write_summary(workdir)                                             # metrics/summary.csv: one row per model
+    frame = submission_frame(probabilities, kaggle_binary=True, clip=0.005)
+
+A model is a head on cached features or a fine-tuned network: either way its numbers land in
+metrics/, which `summary.csv`, the reports and `cnnfeat info` read. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from features import ConfigError, atomic_output
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SUMMARY = "summary.csv"
+SUMMARY_COLUMNS = ("model", "kind", "val_accuracy", "val_log_loss", "val_log_loss_uncalibrated", "temperature",
+                   "chosen", "weight")
+# summary and reports list single-backbone models first, then the combined ones, the selection last
+_KIND_ORDER = {"linear": 0, "finetuned": 0, "ensemble": 2, "selection": 3}
+
+
+@dataclass
+class Probabilities:
+    """A model's class probabilities for every file of a split, in the split's path order."""
+
+    paths: list[str]
+    labels: np.ndarray  # class index per file, -1 in an unlabeled split
+    proba: np.ndarray  # (N, n_classes) float64, rows sum to 1
+    classes: tuple[str, ...]
+    fallback: list[str] = field(default_factory=list)  # paths whose row is the class prior: they could not be decoded
+
+    @staticmethod
+    def with_fallback(paths: list[str], labels: np.ndarray, proba: np.ndarray, classes: tuple[str, ...],
+                      failed: list[str], failed_labels: np.ndarray, prior: list[float]) -> "Probabilities":
+        """The decoded files' rows and, for every file that could not be decoded, the class prior, all in path
+        order: a submission has a row for every file, and says which rows are guesses."""
+        every = list(paths) + list(failed)
+        order = np.argsort(every, kind="stable")
+        rows = np.concatenate([proba.reshape(len(paths), len(classes)), np.tile(np.asarray(prior, np.float64), (len(failed), 1))])
+        return Probabilities([every[i] for i in order], np.concatenate([labels, failed_labels]).astype(np.int64)[order],
+                             rows[order], tuple(classes), sorted(failed))
+
+
+def metrics_dir(workdir: Path) -> Path:
+    return Path(workdir) / "metrics"
+
+
+def read_metrics(workdir: Path, name: str) -> dict[str, Any]:
+    """metrics/<name>.json: what the model measured on its validation rows and what was chosen."""
+    return json.loads((metrics_dir(workdir) / f"{name}.json").read_text())
+
+
+def write_model_outputs(workdir: Path, name: str, metrics: dict, history: list[dict], validation: Probabilities) -> None:
+    """metrics/<name>.json, -history.csv and -valid.csv: what summary, report and status read of any model."""
+    folder = metrics_dir(workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_output(folder / f"{name}.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    if history:  # `best` is a blend: nothing was trained step by step
+        write_csv(folder / f"{name}-history.csv", list(history[0]), [list(r.values()) for r in history])
+    classes = validation.classes
+    write_csv(folder / f"{name}-valid.csv", ["path", "label", *classes],
+              [[p, classes[int(y)], *row] for p, y, row in zip(validation.paths, validation.labels.tolist(),
+                                                               validation.proba.tolist())])
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def trained_models(workdir: Path) -> list[str]:
+    """Names of the models with metrics: single-backbone models, then the combined ones, the selection last."""
+    folder = metrics_dir(workdir)
+    names = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+    def rank(name: str) -> int:
+        try:
+            metrics = read_metrics(workdir, name)
+        except (OSError, ValueError):
+            return 0
+        kind = metrics.get("kind", "")
+        return 1 if kind == "linear" and len(metrics.get("backbones", ())) > 1 else _KIND_ORDER.get(kind, 0)
+
+    return sorted(names, key=lambda n: (rank(n), n))
+
+
+def write_summary(workdir: Path) -> Path:
+    """metrics/summary.csv: one row per model, and which ones the selection (`best`) is made of."""
+    metrics = {name: read_metrics(workdir, name) for name in trained_models(workdir)}
+    members = next((m.get("members", {}) for m in metrics.values() if m.get("kind") == "selection"), {})
+    rows = [[name, m.get("kind", ""), m["val_accuracy"], m["val_log_loss"], m.get("val_log_loss_uncalibrated", ""),
+             m.get("temperature", 1.0), m.get("kind") == "selection" or name in members,
+             1.0 if m.get("kind") == "selection" else members.get(name, 0.0)]
+            for name, m in metrics.items()]
+    path = metrics_dir(workdir) / SUMMARY
+    write_csv(path, list(SUMMARY_COLUMNS), rows)
+    return path
+
+
+def read_summary(workdir: Path) -> list[dict[str, str]]:
+    with open(metrics_dir(workdir) / SUMMARY, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def submission_frame(probs: Probabilities, kaggle_binary: bool = False, clip: float | None = None) -> "pd.DataFrame":
+    """The Kaggle submission: `id` (the file name without extension, in numeric order when every id is a
+    number) and a probability column per class; with kaggle_binary, `id,label` = the second class's."""
+    import pandas as pd  # only here: `cnnfeat info` reads this module and starts in a fraction of a second
+
+    ids = [Path(p).stem for p in probs.paths]
+    proba = probs.proba
+    if clip:
+        proba = np.clip(proba, clip, 1 - clip)
+        proba = proba / proba.sum(axis=1, keepdims=True)
+    if kaggle_binary:
+        if len(probs.classes) != 2:
+            raise ConfigError(f"--kaggle-binary needs exactly two classes, the model has {list(probs.classes)}")
+        frame = pd.DataFrame({"id": ids, "label": proba[:, 1]})
+    else:
+        frame = pd.DataFrame(proba, columns=list(probs.classes))
+        frame.insert(0, "id", ids)
+    if all(i.isdigit() for i in ids):
+        frame = frame.iloc[np.argsort([int(i) for i in ids], kind="stable")]
+    return frame.reset_index(drop=True)
