@@ -25,9 +25,14 @@ def is_finetuned(model: str) -> bool:
     return model.startswith(FINETUNED_PREFIX)
 
 
+def _backbone(model: str) -> str:
+    """finetuned-<backbone> -> <backbone>."""
+    return model[len(FINETUNED_PREFIX):]
+
+
 def canonical_name(model: str) -> str:
-    """finetuned-resnet -> finetuned-resnet34 (backbone aliases resolved); other names as they are."""
-    return FINETUNED_PREFIX + get_backbone(model[len(FINETUNED_PREFIX):]).name
+    """finetuned-resnet -> finetuned-resnet34 (backbone aliases resolved)."""
+    return FINETUNED_PREFIX + get_backbone(_backbone(model)).name
 
 
 def train(cfg: FinetuneConfig, progress: ProgressFn | None = None) -> "FinetuneResult":
@@ -46,7 +51,7 @@ def train(cfg: FinetuneConfig, progress: ProgressFn | None = None) -> "FinetuneR
 
 def checkpoint(workdir: Path, model: str) -> Path:
     """finetuned/<backbone>.pt of a `finetuned-<backbone>` model, which must exist."""
-    backbone = model[len(FINETUNED_PREFIX):]
+    backbone = _backbone(model)
     path = checkpoint_file(workdir, backbone)
     if not path.exists():
         raise ConfigError(f"no fine-tuned {backbone or 'network'} in {finetuned_dir(workdir)}; run `cnnfeat finetune "
@@ -56,7 +61,7 @@ def checkpoint(workdir: Path, model: str) -> Path:
 
 def staleness(workdir: Path, model: str) -> str:
     """'' while its checkpoint is there (rerunning `cnnfeat finetune` retrains it when its data or settings change)."""
-    if checkpoint_file(workdir, model[len(FINETUNED_PREFIX):]).exists():
+    if checkpoint_file(workdir, _backbone(model)).exists():
         return ""
     return "its fine-tuned checkpoint is missing; run `cnnfeat finetune` again"
 

@@ -82,25 +82,31 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         writer.writerows(rows)
 
 
-def trained_models(workdir: Path) -> list[str]:
-    """Names of the models with metrics: single-backbone models, then the combined ones, the selection last."""
+def _all_metrics(workdir: Path) -> dict[str, dict[str, Any]]:
+    """Every model's metrics, read once: single-backbone models, then the combined ones, the selection last."""
     folder = metrics_dir(workdir)
-    names = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+    found = {}
+    for name in sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            found[name] = read_metrics(workdir, name)
+        except (OSError, ValueError):
+            found[name] = {}
 
     def rank(name: str) -> int:
-        try:
-            metrics = read_metrics(workdir, name)
-        except (OSError, ValueError):
-            return 0
-        kind = metrics.get("kind", "")
-        return 1 if kind == "linear" and len(metrics.get("backbones", ())) > 1 else _KIND_ORDER.get(kind, 0)
+        kind = found[name].get("kind", "")
+        return 1 if kind == "linear" and len(found[name].get("backbones", ())) > 1 else _KIND_ORDER.get(kind, 0)
 
-    return sorted(names, key=lambda n: (rank(n), n))
+    return {name: found[name] for name in sorted(found, key=lambda n: (rank(n), n))}
+
+
+def trained_models(workdir: Path) -> list[str]:
+    """Names of the models with metrics: single-backbone models, then the combined ones, the selection last."""
+    return list(_all_metrics(workdir))
 
 
 def write_summary(workdir: Path) -> Path:
     """metrics/summary.csv: one row per model, and which ones the selection (`best`) is made of."""
-    metrics = {name: read_metrics(workdir, name) for name in trained_models(workdir)}
+    metrics = _all_metrics(workdir)
     members = next((m.get("members", {}) for m in metrics.values() if m.get("kind") == "selection"), {})
     rows = [[name, m.get("kind", ""), m["val_accuracy"], m["val_log_loss"], m.get("val_log_loss_uncalibrated", ""),
              m.get("temperature", 1.0), m.get("kind") == "selection" or name in members,
