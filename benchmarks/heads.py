@@ -1,79 +1,81 @@
-"""Seconds for the whole heads stage on Dogs-vs-Cats-sized features, against the book's single head.
+"""Seconds and peak memory of the whole heads stage as the rows grow, against the book's single head.
 
-    python benchmarks/heads.py                      # 25,000 train rows x (512 + 2048 + 1024), 2,000 valid
-    python benchmarks/heads.py --rows 5000 --device cuda
+    python benchmarks/heads.py                                    # 25,000 and 200,000 rows x (512 + 2048 + 1024)
+    python benchmarks/heads.py --rows 1000000 --backbones resnet34 --classes 10 --parts probes,best
+    python benchmarks/heads.py --rows 25000 --train-only          # no valid/: a 10 % holdout of train reports
 
-The stage is what `cnnfeat run` does after extraction: a linear probe per backbone (13 values of C
-swept, 5 out-of-fold fits, a temperature), the concatenation probe, the book's three-branch head
-(Adam, early stopping, 5 out-of-fold fits) and `best`. The baseline is the book's loop for one
-linear head (a per-sample Dataset over a list of tensors, DataLoader batch 64, Adam, 10 epochs).
-Features are class-dependent Gaussians written through the store's own staging, so the cache is a
-real features.h5.
+The stage is what `cnnfeat run` does after extraction: a linear probe per backbone (13 values of C,
+each fitted on 5 folds at once to choose on out-of-fold predictions, then on every row, and a
+temperature), the concatenation probe, the book's three-branch head (Adam, early stopping on a fold,
+then the other folds and a fit on every row) and `best`. Each size runs in a fresh process, whose
+peak resident memory (ru_maxrss) is compared with the float32 feature matrix it learns from. The
+baseline is the book's loop for one linear head (a per-sample Dataset over a list of tensors,
+DataLoader batch 64, Adam, 10 epochs), timed at the first size. Features are class-dependent
+Gaussians written through the store's own staging, so the cache is a real features.h5.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-
-from features import FeatureCache, cache_path
-from features.staging import Staging
-from features.store import SplitContent, commit_cache
-from pipeline.heads import HeadConfig, select_best, train_concat, train_ensemble, train_linear_heads
 
 DIMS = {"resnet34": 512, "inception": 2048, "densenet121": 1024}
 NOISE = 8.0  # per-feature spread around the class centres
 LABEL_NOISE = 0.02  # share of images whose features belong to a random class, like Dogs vs Cats' odd photos
+PARTS = ("probes", "concat", "ensemble", "best")
 
 
-def make_cache(workdir: Path, rows: int, classes: int = 2, seed: int = 0) -> None:
-    """A features.h5 of class-dependent Gaussian features for three backbones, train and valid."""
+def make_cache(workdir: Path, rows: int, backbones: list[str], classes: int, train_only: bool, seed: int = 0) -> None:
+    """A features.h5 of class-dependent Gaussian features: train, and valid (a twelfth of train) unless train_only."""
+    from features import cache_path
+    from features.staging import Staging
+    from features.store import SplitContent, commit_cache
+
     rng = np.random.default_rng(seed)
-    centers = {name: rng.normal(size=(classes, dim)).astype(np.float32) for name, dim in DIMS.items()}
+    centers = {name: rng.normal(size=(classes, DIMS[name])).astype(np.float32) for name in backbones}
+    splits = [("train", rows)] + ([] if train_only else [("valid", max(rows // 12, 50))])
     contents = []
-    for split, n in (("train", rows), ("valid", max(rows // 12, 50))):
+    for split, n in splits:
         labels = np.sort(rng.integers(0, classes, size=n))  # a real cache is sorted by path, i.e. by class
         truth = np.where(rng.random(n) < LABEL_NOISE, rng.integers(0, classes, size=n), labels)
         staged = {}
-        for name, dim in DIMS.items():
+        for name in backbones:
             staging = Staging(workdir, split, name, "bench")
-            for start in range(0, n, 4096):
-                stop = min(start + 4096, n)
-                noise = rng.normal(scale=NOISE, size=(stop - start, dim)).astype(np.float32)
+            for start in range(0, n, 16384):
+                stop = min(start + 16384, n)
+                noise = rng.normal(scale=NOISE, size=(stop - start, DIMS[name])).astype(np.float32)
                 staging.save(start, stop, np.arange(start, stop), centers[name][truth[start:stop]] + noise, [], [])
             settings = dict(backbone=name, weights="random:seed=0", pool="avg", image_size=299, precision="fp32",
                             orientation="exif", view="")
-            staged[name] = (staging, settings, (dim,))
-        paths = tuple(f"{split}/c{label}/{i:06d}.jpg" for i, label in enumerate(labels))
+            staged[name] = (staging, settings, (DIMS[name],))
+        paths = tuple(f"{split}/c{label}/{i:07d}.jpg" for i, label in enumerate(labels))
         contents.append(SplitContent(split, split, paths, labels.astype(np.int64), True, staged))
     commit_cache(cache_path(workdir), tuple(f"c{i}" for i in range(classes)), "/nowhere", contents)
 
 
-class ListDataset(Dataset):
-    def __init__(self, features: list[torch.Tensor], labels: list[int]) -> None:
-        self.features, self.labels = features, labels
+def book_head(workdir: Path, backbone: str, epochs: int = 10) -> float:
+    """Seconds for the book's linear head on one backbone's features: Adam, batch 64, validated each epoch."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
 
-    def __len__(self) -> int:
-        return len(self.labels)
+    from features import FeatureCache, cache_path
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.features[i], self.labels[i]
-
-
-def book_head(workdir: Path, epochs: int = 10) -> None:
-    """The book's linear head on Inception's features: Adam, batch 64, validated each epoch."""
+    started = time.perf_counter()
     with FeatureCache(cache_path(workdir)) as cache:
-        train = ListDataset(list(torch.from_numpy(cache.features("train", "inception"))), cache.labels("train").tolist())
-        valid = ListDataset(list(torch.from_numpy(cache.features("valid", "inception"))), cache.labels("valid").tolist())
-    model = nn.Linear(2048, 2)
+        train = list(zip(torch.from_numpy(cache.features("train", backbone)), cache.labels("train").tolist()))
+        valid = list(zip(torch.from_numpy(cache.features("valid", backbone)), cache.labels("valid").tolist())) \
+            if "valid" in cache.splits else []
+        classes = len(cache.classes)
+    model = torch.nn.Linear(DIMS[backbone], classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(epochs):
         for x, y in DataLoader(train, batch_size=64, shuffle=True):
@@ -84,41 +86,67 @@ def book_head(workdir: Path, epochs: int = 10) -> None:
         with torch.no_grad():
             for x, y in DataLoader(valid, batch_size=64):
                 F.cross_entropy(model(x), y)
+    return time.perf_counter() - started
 
 
-def timed(fn, *args) -> tuple[float, object]:
-    started = time.perf_counter()
-    result = fn(*args)
-    return time.perf_counter() - started, result
+def stage(workdir: Path, parts: list[str], device: str) -> dict:
+    """Run the heads stage's parts in this process: seconds per part, peak memory, what each model scored."""
+    from pipeline.heads import HeadConfig, select_best, train_concat, train_ensemble, train_linear_heads
+
+    cfg = HeadConfig(workdir=workdir, device=device)
+    steps = {"probes": lambda: train_linear_heads(cfg), "concat": lambda: train_concat(cfg),
+             "ensemble": lambda: [train_ensemble(cfg)], "best": lambda: [select_best(cfg)]}
+    seconds, scores = {}, {}
+    for part in parts:
+        started = time.perf_counter()
+        results = steps[part]()
+        seconds[part] = time.perf_counter() - started
+        scores |= {r.name: (r.metrics["val_accuracy"], r.metrics["val_log_loss"]) for r in results}
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "peak_mib": peak_mib, "scores": scores}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=25_000)
+    parser.add_argument("--rows", type=int, nargs="+", default=[25_000, 200_000])
+    parser.add_argument("--backbones", default=",".join(DIMS))
+    parser.add_argument("--classes", type=int, default=2)
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
+    parser.add_argument("--train-only", action="store_true", help="no valid/ split: a holdout of train reports")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--stage", type=Path, help=argparse.SUPPRESS)  # internal: run the stage on this workdir
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="cnnfeat-bench-") as scratch:
-        workdir = Path(scratch)
-        make_cache(workdir, args.rows)
-        cfg = HeadConfig(workdir=workdir, device=args.device)
-        book, _ = timed(book_head, workdir)
-        parts = {
-            "probe per backbone": timed(train_linear_heads, cfg),
-            "concatenation probe": timed(train_concat, cfg),
-            "three-branch head": timed(train_ensemble, cfg),
-            "best (selection)": timed(select_best, cfg),
-        }
-    total = sum(seconds for seconds, _ in parts.values())
-    print(f"\n{args.rows} x (512 + 2048 + 1024) train rows, 2 classes, {args.device}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}")
-    for name, (seconds, _) in parts.items():
-        print(f"{name:<24} {seconds:7.1f} s")
-    print(f"{'whole heads stage':<24} {total:7.1f} s")
-    print(f"{'book: one Adam head':<24} {book:7.1f} s   (10 epochs, inception only; the stage does "
-          f"{total / book:.1f}x its time for 6 models, each swept, cross-fitted and calibrated)")
-    results = [r for _, result in parts.values() for r in (result if isinstance(result, list) else [result])]
-    for r in results:
-        print(f"  {r.name:<16} val acc {r.metrics['val_accuracy']:.4f}  log loss {r.metrics['val_log_loss']:.4f}")
+    parts = [p for p in args.parts.split(",") if p]
+    if args.stage:
+        print(json.dumps(stage(args.stage, parts, args.device)))
+        return
+    backbones = args.backbones.split(",")
+    width = sum(DIMS[b] for b in backbones)
+    print(f"{' + '.join(str(DIMS[b]) for b in backbones)} features, {args.classes} classes, "
+          f"{'train only (10 % holdout)' if args.train_only else 'train + valid (a twelfth of train)'}, {args.device}")
+    print(f"{'rows':>9} " + " ".join(f"{p:>9}" for p in parts) + f" {'total s':>9} {'peak MiB':>9} {'matrix MiB':>10}")
+    totals = {}
+    for rows in args.rows:
+        with tempfile.TemporaryDirectory(prefix="cnnfeat-bench-") as scratch:
+            workdir = Path(scratch)
+            make_cache(workdir, rows, backbones, args.classes, args.train_only)
+            done = subprocess.run([sys.executable, __file__, "--stage", str(workdir), "--parts", ",".join(parts),
+                                   "--device", args.device], capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(done.stderr)
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            book = book_head(workdir, backbones[-1]) if rows == args.rows[0] and not args.train_only else None
+        totals[rows] = sum(result["seconds"].values())
+        matrix = rows * width * 4 / 2**20
+        print(f"{rows:>9} " + " ".join(f"{result['seconds'][p]:9.1f}" for p in parts) +
+              f" {totals[rows]:9.1f} {result['peak_mib']:9.0f} {matrix:10.0f}", flush=True)
+        for name, (accuracy, loss) in result["scores"].items():
+            print(f"{'':>9}   {name:<16} val acc {accuracy:.4f}  log loss {loss:.4f}")
+        if book is not None:
+            print(f"{'':>9}   book: one Adam head on {backbones[-1]}, 10 epochs: {book:.1f} s")
+    first = args.rows[0]
+    for rows in args.rows[1:]:
+        print(f"{rows / first:g}x the rows: {totals[rows] / totals[first]:.1f}x the time")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ _EXPORTS = {
     "prepare": ("DEFAULT_LABEL_PATTERN", "PROBLEMS_FILE", "PrepareConfig", "PrepareReport", "prepare"),
     "registry": ("BOOK", "BackboneSpec", "get_backbone", "resolve_backbones", "split_names"),
     "files": ("atomic_output", "workdir_lock"),
-    "staging": ("VALUE_SETTINGS",),
+    "staging": ("ORIGIN_SETTINGS", "STAGING_SETTINGS", "VALUE_SETTINGS"),
     "store": ("FeatureCache", "cache_path", "dataset_name"),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)

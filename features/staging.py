@@ -22,9 +22,12 @@ from .files import atomic_output
 STAGING_DIR = ".staging"
 # Settings that change feature values; a dataset whose recorded settings differ is recomputed.
 VALUE_SETTINGS = ("backbone", "weights", "pool", "image_size", "precision", "orientation", "view")
-# Staged batches are reused only if they were also made by the same decoder on the same kind of device,
-# so a run stopped on a CPU and resumed on a GPU never mixes their batches in one dataset.
-STAGING_SETTINGS = (*VALUE_SETTINGS, "decode", "device", "conv_precision")
+# Where the values were computed: features of one image from another decoder, device or convolution
+# precision agree only to rounding (README's tolerance), so staged batches are reused only when these
+# match too (a run stopped on a CPU and resumed on a GPU never mixes batches in one dataset), and heads
+# say when they are applied to features of another origin than they were trained on.
+ORIGIN_SETTINGS = ("decode", "device", "conv_precision")
+STAGING_SETTINGS = (*VALUE_SETTINGS, *ORIGIN_SETTINGS)
 
 
 def _atomic_save(path: Path, **arrays: np.ndarray) -> None:

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 SUMMARY = "summary.csv"
+# val_*: reported on validation rows that chose nothing; oof_log_loss: what the choices were made on
 SUMMARY_COLUMNS = ("model", "kind", "val_accuracy", "val_log_loss", "val_log_loss_uncalibrated", "temperature",
-                   "chosen", "weight")
+                   "oof_log_loss", "chosen", "weight")
 # summary and reports list single-backbone models first, then the combined ones, the selection last
 _KIND_ORDER = {"linear": 0, "finetuned": 0, "ensemble": 2, "selection": 3}
 
@@ -109,12 +110,17 @@ def write_summary(workdir: Path) -> Path:
     metrics = _all_metrics(workdir)
     members = next((m.get("members", {}) for m in metrics.values() if m.get("kind") == "selection"), {})
     rows = [[name, m.get("kind", ""), m["val_accuracy"], m["val_log_loss"], m.get("val_log_loss_uncalibrated", ""),
-             m.get("temperature", 1.0), m.get("kind") == "selection" or name in members,
+             m.get("temperature", 1.0), _blank_if_none(m.get("oof_log_loss")),
+             m.get("kind") == "selection" or name in members,
              1.0 if m.get("kind") == "selection" else members.get(name, 0.0)]
             for name, m in metrics.items()]
     path = metrics_dir(workdir) / SUMMARY
     write_csv(path, list(SUMMARY_COLUMNS), rows)
     return path
+
+
+def _blank_if_none(value: float | None) -> float | str:
+    return "" if value is None else value
 
 
 def read_summary(workdir: Path) -> list[dict[str, str]]:

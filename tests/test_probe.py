@@ -6,8 +6,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from features import FeatureCache, cache_path
+from features import FeatureCache, cache_path, stratified_folds
 from pipeline.heads.blend import view_proba
+from pipeline.heads.config import UNTUNED_C
 from pipeline.heads.probe import fit_logistic, logits_of, sweep
 
 
@@ -42,16 +43,26 @@ def test_the_solver_finds_scikit_learns_solution(resnet_features, classes):
         np.testing.assert_allclose(ours, reference.predict_proba(x_val.numpy()), atol=1e-2)
 
 
-def test_the_sweep_keeps_the_best_validation_c_and_reports_every_one(resnet_features):
-    (x_train, x_val), (y_train, y_val) = resnet_features
+def test_the_sweep_chooses_c_on_out_of_fold_predictions_then_fits_every_training_row(resnet_features):
+    (x_train, _), (y_train, _) = resnet_features
+    folds, k = stratified_folds(y_train.numpy(), 3, seed=0)
     grid = (1e-4, 1e-2, 1.0, 100.0)
-    fit = sweep([x_train], y_train, [x_val], y_val, 10, grid)
+    fit = sweep([x_train], y_train, 10, grid, torch.from_numpy(folds), k)
     assert [row["C"] for row in fit.table] == list(grid) and sum(row["chosen"] for row in fit.table) == 1
     chosen = next(row for row in fit.table if row["chosen"])
-    best = [row for row in fit.table if row["val_accuracy"] == max(r["val_accuracy"] for r in fit.table)]
-    assert chosen["C"] == fit.c and chosen in best
-    assert chosen["val_log_loss"] == min(row["val_log_loss"] for row in best)
-    assert fit.table[0]["train_log_loss"] > fit.table[-1]["train_log_loss"]  # weaker L2, closer fit
+    assert chosen["C"] == fit.c == max(fit.table, key=lambda r: (r["oof_accuracy"], -r["oof_loss"]))["C"]
+    for fold in range(k):  # each row's out-of-fold logits: from the model fitted at C without the row's fold
+        held = torch.from_numpy(folds == fold)
+        weight, bias = fit_logistic([x_train[~held]], y_train[~held], 10, fit.c)
+        np.testing.assert_allclose(view_proba(fit.oof)[held], view_proba(logits_of([x_train[held]], weight, bias)), atol=1e-2)
+    weight, bias = fit_logistic([x_train], y_train, 10, fit.c)
+    assert _objective(x_train, y_train, fit.weight, fit.bias, fit.c) <= _objective(x_train, y_train, weight, bias, fit.c) * (1 + 1e-6)
+
+
+def test_without_folds_nothing_chooses_c(resnet_features):
+    (x_train, _), (y_train, _) = resnet_features
+    fit = sweep([x_train], y_train, 10, (1e-2, 100.0), torch.zeros(len(y_train), dtype=torch.long), 0)
+    assert fit.c == UNTUNED_C and fit.oof is None
 
 
 def test_views_are_extra_rows_for_training():

@@ -6,7 +6,7 @@ import h5py
 import pytest
 
 from features import FeatureCache, cache_path
-from pipeline.heads import HeadConfig, select_best, train_linear_heads
+from pipeline.heads import C_GRID, HeadConfig, class_probabilities, select_best, train_linear_heads
 from pipeline.heads.status import inputs_key, key_inputs, staleness
 from pipeline.status import stale_models
 
@@ -21,14 +21,23 @@ def workdir(reference, tmp_path):
     return tmp_path
 
 
-def test_a_key_covers_only_the_settings_its_kind_uses(workdir):
+def test_a_key_covers_the_solver_and_only_the_settings_it_uses(workdir, monkeypatch):
     with FeatureCache(cache_path(workdir)) as cache:
         linear, ensemble = (key_inputs(cache, HeadConfig(), kind, ["resnet34"], [""]) for kind in ("linear", "ensemble"))
+        assert linear["solver"] == "lbfgs" and ensemble["solver"] == "adam"
         assert "c_grid" in linear["settings"] and "hidden" not in linear["settings"] and "lr" not in linear["settings"]
-        assert "hidden" in ensemble["settings"] and "c_grid" not in ensemble["settings"]
+        assert {"hidden", "lr", "patience"} <= set(ensemble["settings"]) and "c_grid" not in ensemble["settings"]
         assert "holdout" not in linear["settings"]  # there is a valid split: the share is not used
         assert "holdout" in key_inputs(cache, HeadConfig(val_split="dev"), "linear", ["resnet34"], [""])["settings"]
         assert inputs_key(cache, linear) != inputs_key(cache, {**linear, "backbones": ["inception"]})
+        # one representation of the grid: however it is written, the same key
+        same = key_inputs(cache, HeadConfig(c_grid=[str(c) for c in reversed(C_GRID)]), "linear", ["resnet34"], [""])
+        assert inputs_key(cache, same) == inputs_key(cache, linear)
+        monkeypatch.setattr("pipeline.heads.status.default_memory_budget", lambda: 0)  # features that must stream
+        streamed = key_inputs(cache, HeadConfig(), "linear", ["resnet34"], [""])
+        assert streamed["solver"] == "adam" and {"lr", "epochs", "batch_size", "patience", "weight_decay"} <= set(streamed["settings"])
+        lower = key_inputs(cache, HeadConfig(lr=1e-4), "linear", ["resnet34"], [""])
+        assert inputs_key(cache, lower) != inputs_key(cache, streamed)
 
 
 def test_what_makes_a_model_stale(workdir):
@@ -56,3 +65,13 @@ def test_staleness_is_told_without_torch(workdir):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "('inception', 'not trained yet')" in done.stdout and "'resnet34'" not in done.stdout
+
+
+def test_features_of_another_origin_retrain_the_model_and_are_named_when_it_is_applied(workdir, caplog):
+    with h5py.File(cache_path(workdir), "r+") as f:
+        trained_on = f["valid/resnet34"].attrs["decode"]
+        f["valid/resnet34"].attrs["decode"] = f["test/resnet34"].attrs["decode"] = "nvjpeg"
+    with FeatureCache(cache_path(workdir)) as cache:
+        assert staleness(cache, workdir, "resnet34") == "its features or the split files changed"
+    class_probabilities(workdir, "resnet34", "test")
+    assert f"test/resnet34 features made with another decode nvjpeg (trained on {trained_on})" in caplog.text

@@ -111,18 +111,19 @@ def after_training(workdir: Path, results: list[Any]) -> None:
 
 
 def _print_summary(workdir: Path, fresh: dict[str, bool]) -> None:
-    """One screen: each model's validation accuracy and log loss, and what `best` is made of."""
+    """One screen: each model's validation accuracy and log loss (rows that chose nothing), the out-of-fold
+    log loss its choices were made on, and what `best` is made of."""
     from ..outputs import read_summary
 
     rows = [r for r in read_summary(workdir) if r["model"] in fresh]
-    click.echo(f"\n{'model':<22} {'val acc':>8} {'log loss':>9} {'uncalib.':>9} {'T':>6}  chosen")
+    click.echo(f"\n{'model':<22} {'val acc':>8} {'log loss':>9} {'uncalib.':>9} {'T':>6} {'oof loss':>9}  chosen")
     for r in rows:
         note = "" if fresh[r["model"]] else "  (up to date)"
         weight = float(r["weight"])
         chosen = "yes" if r["model"] == BEST else (f"{weight:.2f} of best" if weight else "")
-        uncalibrated = f"{float(r['val_log_loss_uncalibrated']):9.4f}" if r["val_log_loss_uncalibrated"] else f"{'':9}"
+        uncalibrated, oof = (f"{float(r[k]):9.4f}" if r[k] else f"{'':9}" for k in ("val_log_loss_uncalibrated", "oof_log_loss"))
         click.echo(f"{r['model']:<22} {float(r['val_accuracy']):8.4f} {float(r['val_log_loss']):9.4f} {uncalibrated} "
-                   f"{float(r['temperature']):6.2f}  {chosen}{note}")
+                   f"{float(r['temperature']):6.2f} {oof}  {chosen}{note}")
 
 
 @click.command("report")

@@ -5,20 +5,33 @@ Imports no torch: the CLI builds its options from these defaults at start-up.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from features import DEFAULT_DEVICE, DEFAULT_SEED, DEFAULT_WORKDIR, HFLIP, ConfigError, require_counts, require_two_splits
 
 # Bumped when what a saved model holds changes (3: L-BFGS probes with views, temperature and
-# out-of-fold predictions), so models saved by an older cnnfeat are retrained once instead of read half-way.
-HEAD_FORMAT = 3
+# out-of-fold predictions; 4: every choice made on folds of the training rows, the solver in the key),
+# so models saved by an older cnnfeat are retrained once instead of read half-way.
+HEAD_FORMAT = 4
 BEST = "best"  # the model chosen on held-out evidence
 ENSEMBLE = "ensemble"  # the book's three-branch head
 CONCAT = "concat"  # one linear probe on every backbone's features side by side
 FLIP_SUFFIX = "+" + HFLIP  # a model trained on both views and predicting on their mean
 # log grid of scikit-learn's C (inverse L2 strength, per training row): 1e-4 ... 1e2 in half decades
 C_GRID = tuple(round(10 ** (e / 2), 6) for e in range(-8, 5))
+# where no folds can be drawn (a class with a single training row) nothing may choose C: scikit-learn's default
+UNTUNED_C = 1.0
+
+
+def default_memory_budget() -> int:
+    """A quarter of the machine's memory: features above it stream from the HDF5 file (and a probe on
+    them is trained by minibatches)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
 
 
 @dataclass
@@ -33,15 +46,15 @@ class HeadConfig:
     concat: bool = True  # also a probe on all backbones' features concatenated (the 99.6 % pipeline's head)
     flip: bool = True  # also train on mirrored views (+hflip models) where extract stored them
     # the book's three-branch ensemble: Adam, early stopping
-    epochs: int = 200  # an upper bound: early stopping on validation loss usually ends sooner
+    epochs: int = 200  # an upper bound: early stopping on a fold of the training rows usually ends sooner
     lr: float = 1e-3  # Adam's default suits standardised inputs
     batch_size: int = 64  # the book's
     weight_decay: float = 0.0
-    patience: int = 10  # epochs without a better validation loss before stopping
+    patience: int = 10  # epochs without a better loss on that fold before stopping
     dropout: float = 0.5  # the book's
     hidden: int = 512  # the book's shared space
-    # held-out evidence for calibration and for choosing `best`
-    folds: int = 5  # out-of-fold predictions on the training rows
+    # held-out evidence from the training rows: what chooses C, epochs, temperatures and `best`
+    folds: int = 5  # out-of-fold predictions on the training rows (the validation rows only report)
     calibrate: bool = True  # a temperature per model, fitted on its out-of-fold predictions
     select: bool = True  # build `best`: greedy ensemble selection over every model
     refit: bool = False  # finally retrain each chosen configuration on train + validation rows

@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
 
-from features import (DEFAULT_DEVICE, VALUE_SETTINGS, CacheError, FeatureCache, cache_path, check_fresh, dataset_name,
+from features import (DEFAULT_DEVICE, ORIGIN_SETTINGS, VALUE_SETTINGS, CacheError, FeatureCache, cache_path, check_fresh, dataset_name,
                       label_of, resolve_device)
 
 from ..outputs import Probabilities
@@ -18,6 +20,8 @@ from .blend import blend_proba, view_proba
 from .models import Blend, Model, head_logits, load_model
 from .status import heads_dir
 from .table import FeatureTable
+
+log = logging.getLogger(__name__)
 
 
 def model_proba(model: Model, cache: FeatureCache, split: str, device: torch.device) -> torch.Tensor:
@@ -31,6 +35,23 @@ def model_proba(model: Model, cache: FeatureCache, split: str, device: torch.dev
     return view_proba(logits, model.temperature)
 
 
+def check_feature_settings(model: str, trained_on: Mapping[str, Mapping], cache: FeatureCache, split: str) -> None:
+    """Refuse a split's features made with other values (weights, size, pooling...) than the model was trained
+    on; warn, naming the settings, where only their origin differs (decoder, device, convolution precision),
+    since such features agree only to rounding."""
+    for dataset, then in trained_on.items():
+        now = cache.settings(split, dataset)
+        changed = sorted(k for k in VALUE_SETTINGS if k in then and now.get(k) != then[k])
+        if changed:
+            raise CacheError(f"model {model!r} was trained on {dataset} features with other {', '.join(changed)} "
+                             f"than {split!r} now has; retrain it with --force, or extract again with its settings")
+        moved = [f"{k} {now.get(k)} (trained on {then[k]})" for k in ORIGIN_SETTINGS if k in then and now.get(k) != then[k]]
+        if moved:
+            log.warning("model %r is applied to %s/%s features made with another %s: they agree with the training "
+                        "features only to rounding; for identical conditions, extract every split on one device and "
+                        "decoder (or retrain with --force after extracting again)", model, split, dataset, ", ".join(moved))
+
+
 def class_probabilities(workdir: Path, model: str, split: str, device: str = DEFAULT_DEVICE) -> Probabilities:
     """A saved model applied to every file of a split, after checking that the model and the cache agree."""
     loaded, meta, _ = load_model(heads_dir(workdir) / f"{model}.pt")
@@ -39,12 +60,7 @@ def class_probabilities(workdir: Path, model: str, split: str, device: str = DEF
             raise CacheError(f"model {model!r} was trained on classes {meta['classes']}, but {cache.path} holds "
                              f"{list(cache.classes)}; retrain it: `cnnfeat run --force`")
         check_fresh(cache, [split])
-        for dataset, trained_on in meta["feature_settings"].items():
-            now = cache.settings(split, dataset)
-            changed = sorted(k for k in VALUE_SETTINGS if k in trained_on and now.get(k) != trained_on[k])
-            if changed:
-                raise CacheError(f"model {model!r} was trained on {dataset} features with other {', '.join(changed)} "
-                                 f"than {split!r} now has; retrain it with --force, or extract again with its settings")
+        check_feature_settings(model, meta["feature_settings"], cache, split)
         proba = model_proba(loaded, cache, split, resolve_device(device)).numpy()
         paths, labels = cache.paths(split), cache.labels(split)
         skipped = [path for path, _ in cache.skipped(split)]

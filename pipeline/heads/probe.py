@@ -1,12 +1,15 @@
 """Linear probes: multinomial logistic regression by full-batch L-BFGS, swept over its L2 strength.
 
-    fit = sweep([X_train], y_train, [X_val], y_val, c_grid=C_GRID)     # X: standardised (N, D) tensors
-    fit.weight, fit.bias, fit.c, fit.table
+    fit = sweep([X_train], y_train, n_classes, C_GRID, folds, k)     # X: standardised (N, D) tensors
+    fit.weight, fit.bias, fit.c, fit.table, fit.oof
 
-The protocol of the CLIP and DINOv2 linear evaluations: the regularisation strength is chosen on
-held-out rows from a log grid, each fit warm-started from the previous one, from the strongest
-regularisation to the weakest (a regularisation path: each start is close to its optimum). The objective is scikit-learn's, scaled by 1/n: the mean cross-entropy plus
-||W||^2 / (2 C n), the bias unpenalised, so C means what it means in LogisticRegression.
+The protocol of the CLIP and DINOv2 linear evaluations, with the held-out rows taken from the
+training rows by cross-validation (scikit-learn's LogisticRegressionCV): the regularisation strength
+is chosen from a log grid on out-of-fold predictions, each fit warm-started from the previous one,
+from the strongest regularisation to the weakest. No validation row chooses anything, so the
+validation numbers reported afterwards are honest. The objective is scikit-learn's, scaled by 1/n:
+the mean cross-entropy plus ||W||^2 / (2 C n), the bias unpenalised, so C means what it means in
+LogisticRegression.
 
 A model may see several views of each image (plain and mirrored): it trains on all of them as
 extra rows and predicts the mean of their probabilities.
@@ -21,6 +24,7 @@ import torch
 from features import accuracy, log_loss
 
 from .blend import view_proba
+from .config import UNTUNED_C
 
 FLOAT64_LIMIT = 1 << 26  # feature values up to which probes compute in float64 (512 MiB); float32 beyond
 
@@ -31,6 +35,7 @@ class ProbeFit:
     bias: torch.Tensor  # (K,)
     c: float
     table: list[dict[str, float]] = field(default_factory=list)  # one row per C tried
+    oof: list[torch.Tensor] | None = None  # each training row's logits (per view) at C from the model without its fold
 
 
 def probe_dtype(views: list[torch.Tensor]) -> torch.dtype:
@@ -82,39 +87,45 @@ def logits_of(views: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tenso
     return [torch.addmm(bias, x, weight.T) for x in views]
 
 
-def out_of_fold(views: list[torch.Tensor], labels: torch.Tensor, n_classes: int, c: float, folds: torch.Tensor,
-                n_folds: int, max_iter: int = 500) -> list[torch.Tensor]:
-    """Each row's logits (per view) from the model fitted, at C, on the other folds; all folds in one solve.
-
-    Every fold starts from zero: started from the fit on all rows, a weakly regularised fold stops
-    at once, still fitting the rows it is meant not to have seen (its out-of-fold predictions would
-    be perfect, and worthless).
-    """
-    masks = torch.stack([folds != fold for fold in range(n_folds)])
-    weight, bias = fit_logistic(views, labels, n_classes, c, None, max_iter, masks)
+def fold_logits(views: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor, folds: torch.Tensor) -> list[torch.Tensor]:
+    """Each row's logits (per view) from the solution of the problem that held its fold out: weight (P, K, D)."""
+    problems, n_classes = bias.shape
     oof = []
     for x in views:
-        every = (x @ weight.reshape(-1, x.shape[1]).T).view(len(x), n_folds, n_classes) + bias  # (N, P, K)
+        every = (x @ weight.reshape(-1, x.shape[1]).T).view(len(x), problems, n_classes) + bias  # (N, P, K)
         oof.append(every.gather(1, folds.view(-1, 1, 1).expand(-1, 1, n_classes)).squeeze(1).double().cpu())
     return oof
 
 
-def sweep(train: list[torch.Tensor], train_labels: torch.Tensor, val: list[torch.Tensor], val_labels: torch.Tensor,
-          n_classes: int, c_grid: tuple[float, ...], max_iter: int = 500) -> ProbeFit:
-    """Fit every C of the grid, warm-starting each from the last; keep the one held-out rows prefer.
+def sweep(train: list[torch.Tensor], labels: torch.Tensor, n_classes: int, c_grid: tuple[float, ...],
+          folds: torch.Tensor, n_folds: int, max_iter: int = 500) -> ProbeFit:
+    """C chosen on out-of-fold predictions of the training rows, as LogisticRegressionCV does; then one fit on them all.
 
-    Preferred: the best validation accuracy, as the CLIP and DINOv2 probes choose, and among equals
-    the lowest validation log loss (the model's temperature, fitted afterwards, repairs the rest).
+    Every C of the grid is fitted on the k-1 folds of each of the k problems at once, warm-started from
+    the last C's solution of the same problem (a regularisation path: each start is close to its optimum,
+    and no problem ever starts from weights that saw its held-out fold). Preferred: the best out-of-fold
+    accuracy, as the CLIP and DINOv2 probes choose, and among equals the lowest out-of-fold log loss.
+    The chosen C's out-of-fold logits come free: they calibrate the model and let `best` choose.
+    Without folds (a class with a single row) nothing can choose: C is UNTUNED_C and there are no
+    out-of-fold logits.
     """
-    fits, table, init = [], [], None
+    if not n_folds:
+        weight, bias = fit_logistic(train, labels, n_classes, UNTUNED_C, None, max_iter)
+        return ProbeFit(weight, bias, UNTUNED_C, [{"C": UNTUNED_C, "chosen": True}])
+    masks = torch.stack([folds != fold for fold in range(n_folds)])
+    table: list[dict] = []
+    init = kept = None  # kept: (score, C, fold solutions, out-of-fold logits) of the preferred C so far
     for c in sorted(c_grid):
-        init = fit_logistic(train, train_labels, n_classes, c, init, max_iter)
-        val_proba = view_proba(logits_of(val, *init))
-        train_proba = view_proba(logits_of(train, *init))
-        table.append({"C": c, "val_log_loss": log_loss(val_proba, val_labels), "val_accuracy": accuracy(val_proba, val_labels),
-                      "train_log_loss": log_loss(train_proba, train_labels), "train_accuracy": accuracy(train_proba, train_labels)})
-        fits.append(init)
-    chosen = max(range(len(table)), key=lambda i: (table[i]["val_accuracy"], -table[i]["val_log_loss"]))
-    for i, row in enumerate(table):
-        row["chosen"] = i == chosen
-    return ProbeFit(fits[chosen][0], fits[chosen][1], table[chosen]["C"], table)
+        init = fit_logistic(train, labels, n_classes, c, init, max_iter, masks)
+        oof = fold_logits(train, *init, folds.to(train[0].device))
+        proba = view_proba(oof)
+        table.append({"C": c, "oof_loss": log_loss(proba, labels), "oof_accuracy": accuracy(proba, labels)})
+        score = (table[-1]["oof_accuracy"], -table[-1]["oof_loss"])
+        if kept is None or score > kept[0]:
+            kept = (score, c, init, oof)
+    _, c, (fold_weight, fold_bias), oof = kept
+    for row in table:
+        row["chosen"] = row["C"] == c
+    # started from the folds' average, which is near the optimum on all rows
+    weight, bias = fit_logistic(train, labels, n_classes, c, (fold_weight.mean(0), fold_bias.mean(0)), max_iter)
+    return ProbeFit(weight, bias, c, table, oof)

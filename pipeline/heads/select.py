@@ -23,8 +23,8 @@ def select_best(cfg: HeadConfig) -> TrainResult:
     """`best`: Caruana's greedy selection over every up-to-date model's calibrated out-of-fold predictions.
 
     Never worse than its best member on those rows; its validation numbers come from rows no step of
-    the selection saw. Without folds (a class with a single training row) the model with the lowest
-    validation log loss is taken, and the metrics say so.
+    the selection (nor of its members' training) saw. Without folds (a class with a single training
+    row) no rows can choose, so every model is blended with equal weight, and the metrics say so.
     """
     with open_cache(cfg) as cache:
         rows = resolve_rows(cache, cfg)
@@ -44,9 +44,9 @@ def select_best(cfg: HeadConfig) -> TrainResult:
             weights, evidence = greedy_selection(oof, y_train), "out-of-fold predictions on the training rows"
             mixed_oof = blend_proba([oof[n] for n in weights], list(weights.values()))
             temperature = fit_temperature([mixed_oof.clamp_min(EPS).log()], y_train) if cfg.calibrate else 1.0
-        else:
-            name = min(members, key=lambda n: log_loss(members[n][1]["val_proba"], y_val))
-            weights, evidence, temperature = {name: 1.0}, "validation log loss (too few rows for folds)", 1.0
+        else:  # no rows no model saw, so nothing may choose: every model, equally weighted
+            weights = {name: 1 / len(members) for name in members}
+            evidence, temperature = "nothing: too few training rows per class for folds, so an equal blend", 1.0
         blend = Blend([(w, members[n][0]) for n, w in weights.items()], temperature)
         val_proba = blend_proba([members[n][1]["val_proba"] for n in weights], list(weights.values()), temperature)
         raw_val = blend_proba([members[n][1]["val_proba"] for n in weights], list(weights.values()))

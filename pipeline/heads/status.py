@@ -1,8 +1,8 @@
 """Which saved heads are up to date: one key per model over exactly what it was trained from.
 
-A model's inputs key covers its kind, backbones, views, the settings it uses (no others: a linear
-probe ignores the ensemble's --hidden), the classes, the fingerprints of its splits and the value
-settings of its features. heads/<name>.json holds the key and what it was computed from, so
+A model's inputs key covers its kind, backbones, views, its solver and the settings that solver
+and kind use (no others: an L-BFGS probe ignores --lr and --hidden), the classes, the fingerprints
+of its splits and the settings of its features, where they came from (decoder, device) included. heads/<name>.json holds the key and what it was computed from, so
 `cnnfeat info` tells what is stale without loading torch. Imports no torch.
 """
 
@@ -14,15 +14,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable
 
-from features import BOOK, VALUE_SETTINGS, FeatureCache, dataset_name
+import numpy as np
 
-from .config import BEST, CONCAT, ENSEMBLE, HEAD_FORMAT, HeadConfig
+from features import BOOK, STAGING_SETTINGS, FeatureCache, dataset_name
+
+from .config import BEST, CONCAT, ENSEMBLE, HEAD_FORMAT, HeadConfig, default_memory_budget
 
 COMMON_SETTINGS = ("train_split", "val_split", "folds", "calibrate", "refit", "seed")
-KIND_SETTINGS = {
-    "linear": ("c_grid", "max_iter"),
-    "ensemble": ("epochs", "lr", "batch_size", "weight_decay", "patience", "dropout", "hidden"),
-    "selection": (),
+KIND_SETTINGS = {"linear": (), "ensemble": ("dropout", "hidden"), "selection": ()}
+SOLVER_SETTINGS = {
+    "lbfgs": ("c_grid", "max_iter"),  # full-batch L-BFGS, C swept
+    "adam": ("epochs", "lr", "batch_size", "weight_decay", "patience"),  # minibatches, epochs early-stopped
+    "": (),  # `best` trains nothing: it selects
 }
 
 
@@ -36,11 +39,24 @@ def saved_heads(workdir: Path) -> list[str]:
     return [p.stem for p in sorted(folder.glob("*.pt"))] if folder.is_dir() else []
 
 
+def solver(cache: FeatureCache, cfg: HeadConfig, kind: str, backbones: Iterable[str], views: Iterable[str]) -> str:
+    """'lbfgs' for a probe whose training features (every view) fit in memory, 'adam' for one that must
+    stream and for the three-branch head, '' for the selection. Decided here once, recorded in the key."""
+    if kind != "linear":
+        return "adam" if kind == ENSEMBLE else ""
+    datasets = [dataset_name(b, v) for b in backbones for v in views]
+    row_bytes = sum(4 * int(np.prod(cache.feature_shape(cfg.train_split, d))) for d in datasets)
+    return "lbfgs" if row_bytes * cache.row_count(cfg.train_split, datasets[0]) <= default_memory_budget() else "adam"
+
+
 def key_inputs(cache: FeatureCache, cfg: HeadConfig, kind: str, backbones: Iterable[str], views: Iterable[str]) -> dict:
-    """What a model of this kind depends on beyond the cache: its kind, inputs and the settings it uses."""
-    used = COMMON_SETTINGS + KIND_SETTINGS[kind] + (() if cfg.val_split in cache.splits else ("holdout",))
+    """What a model of this kind depends on beyond the cache: its kind, inputs, solver and the settings they use."""
+    backbones, views = list(backbones), list(views)
+    how = solver(cache, cfg, kind, backbones, views)
+    used = COMMON_SETTINGS + KIND_SETTINGS[kind] + SOLVER_SETTINGS[how] + \
+        (() if cfg.val_split in cache.splits else ("holdout",))
     settings = {k: v for k, v in asdict(cfg).items() if k in used}
-    return {"kind": kind, "backbones": list(backbones), "views": list(views), "settings": settings}
+    return {"kind": kind, "backbones": backbones, "views": views, "solver": how, "settings": settings}
 
 
 def inputs_key(cache: FeatureCache, inputs: dict, members: dict[str, str] | None = None) -> str:
@@ -50,7 +66,7 @@ def inputs_key(cache: FeatureCache, inputs: dict, members: dict[str, str] | None
     blob = {
         "head_format": HEAD_FORMAT, **inputs, "classes": cache.classes, "members": members or {},
         "splits": {s: cache.fingerprint(s) for s in splits},
-        "features": {f"{s}/{dataset_name(b, v)}": {k: cache.settings(s, dataset_name(b, v)).get(k) for k in VALUE_SETTINGS}
+        "features": {f"{s}/{dataset_name(b, v)}": {k: cache.settings(s, dataset_name(b, v)).get(k) for k in STAGING_SETTINGS}
                      for s in splits for b in inputs["backbones"] for v in inputs["views"]},
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()

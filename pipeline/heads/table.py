@@ -12,7 +12,6 @@ hold only some rows of the split (a fold, a held-out share), always in the split
 from __future__ import annotations
 
 import copy
-import os
 from typing import Iterator, Mapping
 
 import numpy as np
@@ -20,15 +19,9 @@ import torch
 
 from features import CacheError, ConfigError, FeatureCache
 
+from .config import default_memory_budget
+
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
-
-
-def default_memory_budget() -> int:
-    """A quarter of the machine's memory: features above it stream from the HDF5 file."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
 
 
 class FeatureTable:

@@ -1,15 +1,16 @@
-"""Stages 2 and 3: models on cached features only (no backbone is loaded), chosen on held-out rows.
+"""Stages 2 and 3: models on cached features only (no backbone is loaded), chosen on folds of the training rows.
 
     from pipeline.heads import HeadConfig, train_linear_heads, train_concat, train_ensemble, select_best
     cfg = HeadConfig(workdir="runs/digits")
     train_linear_heads(cfg)       # a swept linear probe per backbone (and per mirrored view, +hflip)
     train_concat(cfg)             # one swept probe on every backbone's features side by side
-    train_ensemble(cfg)           # the book's three-branch head (Adam, early stopping)
+    train_ensemble(cfg)           # the book's three-branch head (Adam, early stopping on a fold)
     select_best(cfg)              # `best`: greedy selection over the models' out-of-fold predictions
 
-Every model is tuned on the validation rows (C from a grid, or the epoch), then fitted again on
-k-1 folds of the training rows to predict the k-th: those out-of-fold predictions calibrate it
-(one temperature) and let `best` be chosen on rows no model saw. Writes, under the workdir:
+Every choice is made on the training rows' folds, as scikit-learn's LogisticRegressionCV makes it:
+C from a grid (or the epochs), the temperature that calibrates a model, and `best`'s members, all
+on out-of-fold predictions. The validation rows (or the holdout standing in for them) only report,
+so their numbers are an honest estimate for unseen images. Writes, under the workdir:
 heads/<name>.pt and .json, and the model's outputs (pipeline.outputs: metrics/<name>.json,
 -history.csv, -valid.csv).
 """
@@ -24,14 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from features import (ALL_BACKBONES, BOOK, VALUE_SETTINGS, CacheError, ConfigError, FeatureCache, accuracy, cache_path,
+from features import (ALL_BACKBONES, BOOK, STAGING_SETTINGS, CacheError, ConfigError, FeatureCache, accuracy, cache_path,
                       class_prior, dataset_name, get_backbone, log_loss, plain_settings, resolve_device, split_names)
 
 from ..outputs import Probabilities, read_metrics, write_model_outputs
 from .blend import fit_temperature, view_proba
 from .config import CONCAT, ENSEMBLE, FLIP_SUFFIX, HEAD_FORMAT, HFLIP, HeadConfig
-from .learners import Learner, learner_for
+from .learners import learner_for
 from .models import Classifier, save_model
+from .predict import check_feature_settings
 from .rows import Rows, resolve_rows
 from .status import heads_dir, inputs_key, key_inputs, read_sidecar
 from .table import FeatureTable, concat_tables
@@ -70,12 +72,13 @@ def train_one(cache: FeatureCache, cfg: HeadConfig, cand: Candidate, rows: Rows)
                 for view in cand.views]
 
     train, val = tables(rows.train_split, rows.train), tables(rows.val_split, rows.val)
-    learner = learner_for(cand.kind, cand.name, train, val, len(classes), cfg, device)
-    head, history = learner.tune()
+    learner = learner_for(inputs["solver"], cand.kind, cand.name, train, len(classes), cfg, device)
+    head, history, oof = learner.fit(rows.folds, rows.n_folds)  # sees the training rows only
+    if oof is None:
+        log.info("%s: too few rows per class for folds; nothing chose its settings, and it is not calibrated", cand.name)
     y_train, y_val = train[0].labels, val[0].labels
-    oof = _out_of_fold(learner, rows)
     temperature = fit_temperature(oof, y_train) if cfg.calibrate and oof else 1.0
-    val_logits = learner.logits(head, val)
+    val_logits = learner.logits(head, val)  # reported, never chosen on
     raw_val, val_proba = view_proba(val_logits), view_proba(val_logits, temperature)
     train_proba = view_proba(learner.logits(head, train), temperature)
     oof_proba = view_proba(oof, temperature) if oof else None
@@ -85,7 +88,8 @@ def train_one(cache: FeatureCache, cfg: HeadConfig, cand: Candidate, rows: Rows)
         "val_accuracy": accuracy(val_proba, y_val), "val_log_loss": log_loss(val_proba, y_val),
         "val_log_loss_uncalibrated": log_loss(raw_val, y_val), "temperature": temperature,
         "train_accuracy": accuracy(train_proba, y_train), "train_log_loss": log_loss(train_proba, y_train),
-        "chosen": learner.chosen, "folds": rows.n_folds,
+        "chosen": learner.chosen, "chosen_on": learner.evidence, "folds": rows.n_folds,
+        "oof_accuracy": accuracy(oof_proba, y_train) if oof_proba is not None else None,
         "oof_log_loss": log_loss(oof_proba, y_train) if oof_proba is not None else None,
         "refit": cfg.refit, "classes": list(classes),
     }
@@ -94,19 +98,12 @@ def train_one(cache: FeatureCache, cfg: HeadConfig, cand: Candidate, rows: Rows)
         metrics["n_refit"] = len(y_train) + len(y_val)
     model = Classifier(cand.kind, head.cpu(), learner.params, cand.views, temperature)
     meta = model_meta(cache, cfg, cand.name, cand.kind, cand.backbones, cand.views, inputs, key, rows, metrics)
+    check_feature_settings(cand.name, meta["feature_settings"], cache, rows.val_split)  # what the validation rows report on
     save_model(heads_dir(cfg.workdir) / f"{cand.name}.pt", model, meta,
                {"oof_proba": oof_proba, "val_proba": val_proba, "oof_key": rows.key()})
     write_model_outputs(cfg.workdir, cand.name, metrics, history,
                         Probabilities(val[0].paths, y_val.numpy(), val_proba.numpy(), classes))
     return TrainResult(cand.name, metrics, trained=True, history=history)
-
-
-def _out_of_fold(learner: Learner, rows: Rows) -> list[torch.Tensor] | None:
-    """Each training row's logits (per view) from a model fitted on the other folds; None without folds."""
-    if not rows.n_folds:
-        log.info("%s: too few rows per class for out-of-fold predictions; not calibrated", learner.name)
-        return None
-    return learner.out_of_fold(rows.folds, rows.n_folds)
 
 
 def model_meta(cache: FeatureCache, cfg: HeadConfig, name: str, kind: str, backbones: tuple[str, ...], views: tuple[str, ...],
@@ -117,7 +114,7 @@ def model_meta(cache: FeatureCache, cfg: HeadConfig, name: str, kind: str, backb
         "class_prior": class_prior(labels, len(cache.classes)),
         "inputs_key": key, "key_inputs": inputs, "val_split": rows.description,
         "feature_settings": {dataset_name(b, v): {k: cache.settings(rows.train_split, dataset_name(b, v)).get(k)
-                                                  for k in VALUE_SETTINGS}
+                                                  for k in STAGING_SETTINGS}
                              for b in backbones for v in views},
         "config": plain_settings(cfg),
         "metrics": metrics, **extra,
