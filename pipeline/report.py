@@ -118,7 +118,8 @@ def _confusion(matrix: np.ndarray, classes: list[str], title: str) -> "Figure":
 
 
 def _training_curves(workdir: Path, names: list[str]) -> "Figure":
-    """One row per model: loss and accuracy per epoch (or per C of a probe's sweep), training and validation."""
+    """One row per model: loss and accuracy per epoch (or per C of a probe's sweep), on the training rows and on
+    the rows it was measured on: validation, or a fine-tuned network's holdout of train (which chose its epoch)."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(10, 2.6 * max(1, len(names))), layout="constrained")
@@ -133,13 +134,14 @@ def _training_curves(workdir: Path, names: list[str]) -> "Figure":
             continue
         by_c = "C" in history[0]
         x = [float(h["C" if by_c else "epoch"]) for h in history]
-        kept = next((xi for xi, h in zip(x, history) if h.get("chosen") == "True"), None) if by_c else \
-            x[int(np.argmin([float(h["val_loss"]) for h in history]))]
+        kept = next((xi for xi, h in zip(x, history) if h.get("chosen") == "True"), None) if "chosen" in history[0] \
+            else x[int(np.argmin([float(h["val_loss"]) for h in history]))]
         for ax, quantity in zip(row, ("loss", "accuracy")):
-            train_key, val_key = (f"train_log_{quantity}", f"val_log_{quantity}") if by_c and quantity == "loss" else \
-                (f"train_{quantity}", f"val_{quantity}")
-            ax.plot(x, [float(h[train_key]) for h in history], label="train")
-            ax.plot(x, [float(h[val_key]) for h in history], label="validation")
+            measure = f"log_{quantity}" if by_c and quantity == "loss" else quantity
+            for label, key in (("train", f"train_{measure}"), ("validation", f"val_{measure}"),
+                               ("holdout of train", f"holdout_{measure}")):
+                if key in history[0]:
+                    ax.plot(x, [float(h[key]) for h in history], label=label)
             if kept is not None:
                 ax.axvline(kept, color="grey", linestyle=":", label=f"kept: {'C=' if by_c else 'epoch '}{kept:g}")
             ax.set(title=f"{name}: {quantity}", xlabel="C (inverse L2 strength)" if by_c else "epoch",
