@@ -118,8 +118,8 @@ def _confusion(matrix: np.ndarray, classes: list[str], title: str) -> "Figure":
 
 
 # history columns <prefix>_loss / <prefix>_accuracy: a probe's sweep has out-of-fold ones, Adam's epochs the
-# training rows' and those of the fold that stopped it
-CURVES = (("train", "train"), ("out-of-fold", "oof"), ("held-out fold", "fold"))
+# training rows' and those of the fold that stopped it, fine-tuning's those of the holdout of train that did
+CURVES = (("train", "train"), ("out-of-fold", "oof"), ("held-out fold", "fold"), ("holdout of train", "holdout"))
 
 
 def _training_curves(workdir: Path, names: list[str]) -> "Figure":

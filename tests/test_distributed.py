@@ -9,9 +9,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from features import FeatureCache
 from features.distributed import Ranks, torchrun_ranks
+from pipeline.finetune.data import ImageRows, collate
+from pipeline.finetune.train import evaluate, merge_shards
 
 from .conftest import IMAGE_SIZE, snapshot
 
@@ -21,6 +24,26 @@ def test_batches_go_round_robin_so_ranks_share_every_split():
     shares = [Ranks(rank, 3).mine(batches) for rank in range(3)]
     assert shares == [[0, 3, 6], [1, 4], [2, 5]]
     assert sorted(sum(shares, [])) == batches
+
+
+def test_evaluations_sharded_over_ranks_merge_to_the_single_process_one(digits_folder):
+    """Each rank evaluates every world_size-th row; merged, the shares are one process's evaluation, in row order,
+    with the files that failed to decode on any rank."""
+    paths = sorted(str(p.relative_to(digits_folder)) for p in (digits_folder / "valid").glob("*/*")) + ["valid/0/gone.png"]
+    dataset = ImageRows(digits_folder, paths, np.arange(len(paths)) % 3, size=8)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+
+    def evaluated(rows):
+        loader = DataLoader(dataset, batch_size=2, sampler=rows, collate_fn=collate)
+        return evaluate(model, lambda images: images.float() / 255, loader, torch.device("cpu"))
+
+    proba, rows, failed = evaluated(range(len(paths)))
+    shards = [evaluated(Ranks(rank, 3).mine(range(len(paths)))) for rank in range(3)]
+    merged_proba, merged_rows, merged_failed = merge_shards(shards)
+    assert merged_rows.tolist() == rows.tolist() == list(range(len(paths) - 1))
+    assert merged_failed == failed == [len(paths) - 1]
+    torch.testing.assert_close(merged_proba, proba)
 
 
 def test_outside_torchrun_there_is_one_rank(monkeypatch):

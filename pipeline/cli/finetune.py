@@ -38,12 +38,15 @@ from .heads import after_training
 @click.option("--channels-last", is_flag=True, default=FinetuneConfig.channels_last, help="NHWC memory layout (GPUs).")
 @click.option("--augment", type=click.Choice(AUGMENTS), default=FinetuneConfig.augment,
               help="Training split only: crop = random resized crop + horizontal flip; trivial = crop + TrivialAugment.")
-@click.option("--patience", type=int, default=FinetuneConfig.patience, help="Epochs without a better validation loss.")
+@click.option("--patience", type=int, default=FinetuneConfig.patience,
+              help="Epochs without a better loss on the training holdout (--holdout).")
 @click.option("--bn-train/--no-bn-train", default=FinetuneConfig.bn_train,
               help="Update BatchNorm statistics in unfrozen blocks [default: only from random weights].")
 @click.option("--train-split", default=FinetuneConfig.train_split)
 @click.option("--val-split", default=FinetuneConfig.val_split, help="Without it, a share of train (--holdout).")
-@click.option("--holdout", type=float, default=FinetuneConfig.holdout)
+@click.option("--holdout", type=float, default=FinetuneConfig.holdout,
+              help="Share of the training rows held out to choose the epoch (and, without a validation split, "
+                   "to validate on).")
 @click.option("--image-size", type=int, default=FinetuneConfig.image_size, help="[default: the backbone's]")
 @device_option
 @click.option("--workers", type=int, default=FinetuneConfig.workers, help="Decoding processes [default: from the core count].")

@@ -48,12 +48,13 @@ class FinetuneConfig:
     precision: str = "fp32"  # bf16/fp16 autocast; fp16 adds a GradScaler on CUDA
     channels_last: bool = False  # NHWC memory: faster convolutions with tensor cores on a GPU
     augment: str = "crop"  # on the training split only; validation gets the extraction's square resize
-    patience: int = 5  # epochs without a better validation loss before stopping; the best epoch is kept
+    patience: int = 5  # epochs without a better loss on the training holdout before stopping; its best is kept
     bn_train: bool | None = None  # BatchNorm statistics in unfrozen blocks: None = update them only from
     # random weights (pretrained statistics are better than a small batch's); frozen blocks' never change
     train_split: str = "train"
     val_split: str = "valid"  # when the data has no such split, a stratified share of train stands in
-    holdout: float = 0.1  # that share, as the heads use
+    holdout: float = 0.1  # that share, as the heads use; the same share of the training rows chooses the epoch
+    # (scikit-learn's nested validation: the validation rows only report, so their numbers are not optimistic)
     image_size: int | None = None  # default: the backbone's (299 for the book's three)
     device: str = DEFAULT_DEVICE
     workers: int | None = None  # DataLoader processes; None: as extraction chooses

@@ -1,6 +1,9 @@
 """The images fine-tuning reads: the split rule's training and validation files, decoded as extraction does.
 
-    data = load_data(cfg, size=224)      # data.train, data.val: ImageRows; data.val_description
+    data = load_data(cfg, size=224)      # data.train, data.choice, data.val: ImageRows (choice may be None)
+
+The epoch is chosen on `choice`, a stratified holdout of the training rows; the validation rows only
+report, so their numbers are not the ones that chose (scikit-learn's nested cross-validation, in one fold).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from features import open_rgb, scan_data_folder, square_tensor, validation_plan
+from features import open_rgb, scan_data_folder, square_tensor, stratified_holdout, validation_plan
 
 from .config import FinetuneConfig
 
@@ -66,14 +69,17 @@ def augmentation(kind: str, size: int) -> Callable[[torch.Tensor], torch.Tensor]
 class FinetuneData:
     root: Path
     classes: tuple[str, ...]
-    train: ImageRows
-    val: ImageRows
+    train: ImageRows  # the rows that train
+    choice: ImageRows | None  # the training rows held out to choose the epoch; None when a class cannot spare one
+    choice_description: str  # what the metrics say chose the epoch
+    val: ImageRows  # the rows that report, never choose
     val_description: str
     key: str  # changes with the files of both parts
 
 
 def load_data(cfg: FinetuneConfig, size: int) -> FinetuneData:
-    """The validation split, else the files of train that the split rule holds out (the heads' rows)."""
+    """Validation: the validation split, else the files of train that the split rule holds out (the heads' rows).
+    Training: the rest of train, less the stratified share (cfg.holdout, cfg.seed) that chooses the epoch."""
     folder = scan_data_folder(cfg.data)
     plan = validation_plan({name: split.labeled for name, split in folder.splits.items()}, cfg.train_split,
                            cfg.val_split, cfg.holdout, cfg.seed)
@@ -87,6 +93,24 @@ def load_data(cfg: FinetuneConfig, size: int) -> FinetuneData:
     else:
         val_paths, val_labels = paths[held], labels[held]
         key = folder.fingerprint(cfg.train_split) + plan.description
+    paths, labels = paths[~held], labels[~held]
+    inner, chosen_on = _choice_holdout(labels, folder.classes, cfg)
+    choice = ImageRows(folder.root, list(paths[inner]), labels[inner], size) if inner.any() else None
     return FinetuneData(folder.root, folder.classes,
-                        ImageRows(folder.root, list(paths[~held]), labels[~held], size, augmentation(cfg.augment, size)),
-                        ImageRows(folder.root, list(val_paths), val_labels, size), plan.description, key)
+                        ImageRows(folder.root, list(paths[~inner]), labels[~inner], size, augmentation(cfg.augment, size)),
+                        choice, chosen_on, ImageRows(folder.root, list(val_paths), val_labels, size), plan.description,
+                        key)
+
+
+def _choice_holdout(labels: np.ndarray, classes: tuple[str, ...], cfg: FinetuneConfig) -> tuple[np.ndarray, str]:
+    """Mask of the training rows held out to choose the epoch, and what the metrics call them. None at all when
+    a class has a single training row: a holdout without that class could not judge it."""
+    inner = stratified_holdout(labels, cfg.holdout, cfg.seed)
+    alone = sorted(set(labels.tolist()) - set(labels[inner].tolist()))
+    if alone:
+        which = f"{'classes' if len(alone) > 1 else 'class'} {', '.join(classes[c] for c in alone)}"
+        log.warning("%s: a single training row, so none can be held out to choose the epoch; every epoch trains and "
+                    "the last is kept (no early stopping)", which)
+        return np.zeros(len(labels), dtype=bool), f"nothing ({which}: a single training row), the last epoch kept"
+    return inner, (f"a stratified {cfg.holdout:.0%} holdout of the training rows of {cfg.train_split} "
+                   f"({int(inner.sum())} rows, seed {cfg.seed})")

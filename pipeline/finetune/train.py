@@ -6,7 +6,11 @@
 
 The loop is torchvision's reference recipe cut short (`train_one_epoch`, `evaluate`, a checkpoint with
 model, optimizer, scheduler and epoch). Each epoch reseeds torch from (seed, epoch), so a run resumed
-from its checkpoint takes the same shuffles and augmentations as an uninterrupted one. The result is
+from its checkpoint takes the same shuffles and augmentations as an uninterrupted one. The epoch is
+chosen (early stopping, the kept weights) on a stratified holdout of the training rows; the validation
+rows are evaluated once, after training, so the numbers reported on them did not choose anything.
+Under torchrun every rank joins every training step, evaluations are sharded across the ranks and
+gathered, and rank 0 decides when to stop. The result is
 <workdir>/finetuned/<backbone>.pt (features.checkpoint's format), which `extract --weights` and
 `predict --model finetuned-<backbone>` read. Depends on features only.
 """
@@ -24,12 +28,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from features import (BackboneSpec, FinetunedCheckpoint, ProgressFn, Ranks, accuracy, atomic_output, class_prior,
-                      default_image_size, default_workers, file_sha256, final_linear, finetuned_path, get_backbone,
+from features import (BackboneSpec, ConfigError, FinetunedCheckpoint, ProgressFn, Ranks, accuracy, atomic_output,
+                      class_prior, default_image_size, default_workers, file_sha256, final_linear, finetuned_path, get_backbone,
                       log_loss, normalize, plain_settings, preprocessing, read_torch_file, resolve_device,
                       save_finetuned, torchrun_ranks, workdir_lock, WeightsUnavailableError)
 
@@ -39,8 +44,10 @@ from .network import builder_kwargs, chosen_blocks, freeze, new_model, set_modes
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT = 2  # bumped when the resume checkpoint changes, so an old one starts over instead of failing
+STATE_FORMAT = 3  # bumped when the resume checkpoint changes, so an old one starts over instead of failing
 Normalizer = Callable[[torch.Tensor], torch.Tensor]  # uint8 (N, 3, H, W) on any device -> the network's input
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}  # --precision -> autocast dtype; fp32 runs without
+Shard = tuple[torch.Tensor, torch.Tensor, list[int]]  # one rank's evaluation: probabilities, rows, failed rows
 
 
 @dataclass
@@ -83,12 +90,17 @@ class _Run:
     trained: list[str]
     every: bool  # --train-layers all: the stem outside any block trains too
     bn_train: bool
+    ranks: Ranks
     skipped: set[str] = field(default_factory=set)
 
 
-def _autocast(run: _Run) -> Any:
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.cfg.precision)
-    return torch.autocast(run.device.type, dtype=dtype, enabled=dtype is not None)
+def _autocast(device: torch.device, precision: str) -> Any:
+    dtype = AUTOCAST.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
 
 
 def _note_failed(run: _Run, dataset: ImageRows, failed: list[int]) -> None:
@@ -99,23 +111,26 @@ def _note_failed(run: _Run, dataset: ImageRows, failed: list[int]) -> None:
 
 
 def train_one_epoch(run: _Run, loader: DataLoader, progress: ProgressFn | None, what: str) -> dict[str, float]:
-    """One pass over the training split; optimizer steps every `accumulate` batches."""
-    module = run.model.module if hasattr(run.model, "module") else run.model
-    set_modes(module, run.trained, run.every, run.bn_train)
+    """One pass over the training split; optimizer steps every `accumulate` batches. The loss and accuracy are
+    every rank's images together. A batch none of whose files decode still runs forward and backward, with zero
+    loss: under DDP every rank must join each step's gradient all-reduce, or the ranks fall out of step and hang."""
+    set_modes(_unwrapped(run.model), run.trained, run.every, run.bn_train)
     total_loss = correct = seen = 0.0
     steps = len(loader)
+    size = loader.dataset.size
     run.optimizer.zero_grad(set_to_none=True)
     for i, (images, labels, _, failed) in enumerate(loader):
         _note_failed(run, loader.dataset, failed)
-        if len(labels):
-            labels = labels.to(run.device, non_blocking=True)
-            with _autocast(run):
-                logits = run.model(run.normalize(images))
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=run.cfg.label_smoothing)
-            run.scaler.scale(loss / run.cfg.accumulate).backward()
-            total_loss += loss.item() * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
-            seen += len(labels)
+        if not len(labels):
+            images = torch.zeros(0, 3, size, size, dtype=torch.uint8)  # collate's (0, 3, 1, 1) is too small for a stem
+        labels = labels.to(run.device, non_blocking=True)
+        with _autocast(run.device, run.cfg.precision):
+            logits = run.model(run.normalize(images))
+            summed = F.cross_entropy(logits.float(), labels, label_smoothing=run.cfg.label_smoothing, reduction="sum")
+        run.scaler.scale(summed / max(len(labels), 1) / run.cfg.accumulate).backward()
+        total_loss += summed.item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
         if (i + 1) % run.cfg.accumulate == 0 or i + 1 == steps:
             run.scaler.step(run.optimizer)
             run.scaler.update()
@@ -123,23 +138,31 @@ def train_one_epoch(run: _Run, loader: DataLoader, progress: ProgressFn | None, 
             run.scheduler.step()
         if progress is not None:
             progress(what, len(labels) + len(failed), len(loader.sampler), total_loss / max(seen, 1))  # this rank's images
+    total_loss, correct, seen = (sum(values) for values in zip(*run.ranks.gather((total_loss, correct, seen))))
     return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, inputs: Normalizer, loader: DataLoader, device: torch.device,
-             tta: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """(probabilities float64, rows, failed rows) over a loader; with tta the mirror's probabilities averaged in."""
+def evaluate(model: nn.Module, inputs: Normalizer, loader: DataLoader, device: torch.device, tta: bool = False,
+             precision: str = "fp32") -> Shard:
+    """(probabilities float64, rows, failed rows) over a loader; with tta the mirror's probabilities averaged in.
+    The forward runs in `precision`; the probabilities come from its logits cast up, outside autocast."""
     model.eval()
+
+    def proba_of(x: torch.Tensor) -> torch.Tensor:
+        with _autocast(device, precision):
+            logits = model(x)
+        return logits.double().softmax(1)
+
     probas, rows, failed_rows = [], [], []
     for images, _, batch_rows, failed in loader:
         failed_rows += failed
         if not len(batch_rows):
             continue
         x = inputs(images)
-        proba = model(x).double().softmax(1)
+        proba = proba_of(x)
         if tta:
-            proba = (proba + model(x.flip(-1)).double().softmax(1)) / 2
+            proba = (proba + proba_of(x.flip(-1))) / 2
         probas.append(proba.cpu())
         rows.append(batch_rows)
     n_classes = model.get_submodule(final_linear(model)).out_features
@@ -148,13 +171,53 @@ def evaluate(model: nn.Module, inputs: Normalizer, loader: DataLoader, device: t
         failed_rows
 
 
-def _validate(run: _Run, loader: DataLoader) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-    module = run.model.module if hasattr(run.model, "module") else run.model
-    with _autocast(run):
-        proba, rows, failed = evaluate(module, run.normalize, loader, run.device)
-    _note_failed(run, loader.dataset, failed)
-    labels = torch.from_numpy(loader.dataset.labels[rows.numpy()])
-    return {"val_loss": log_loss(proba, labels), "val_accuracy": accuracy(proba, labels)}, proba, rows
+def merge_shards(shards: list[Shard]) -> Shard:
+    """Every rank's evaluation as one, in row order: what a single process evaluating every row gives."""
+    rows = torch.cat([r for _, r, _ in shards])
+    order = rows.argsort()
+    return torch.cat([p for p, _, _ in shards])[order], rows[order], sorted(f for _, _, failed in shards for f in failed)
+
+
+def _evaluate_rows(run: _Run, dataset: ImageRows, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, rows) of every row of dataset, on every rank: each rank evaluates every world_size-th row
+    and the shares are gathered."""
+    loader = _loader(dataset, run.cfg, run.device, shuffle=False, sampler=run.ranks.mine(range(len(dataset))))
+    shard = evaluate(_unwrapped(run.model), run.normalize, loader, run.device, precision=precision)
+    proba, rows, failed = merge_shards(run.ranks.gather(shard))
+    _note_failed(run, dataset, failed)
+    return proba, rows
+
+
+def _holdout_metrics(run: _Run, holdout: ImageRows) -> dict[str, float]:
+    """The numbers that choose the epoch, on the training rows held out for it."""
+    proba, rows = _evaluate_rows(run, holdout, run.cfg.precision)
+    labels = torch.from_numpy(holdout.labels[rows.numpy()])
+    return {"holdout_loss": log_loss(proba, labels), "holdout_accuracy": accuracy(proba, labels)}
+
+
+def _same_buffers(model: nn.Module, ranks: Ranks) -> None:
+    """Rank 0's BatchNorm statistics on every rank. DDP sends them at the start of each forward, so after an
+    epoch's last step each rank holds its own batch's update; the kept and evaluated network is rank 0's."""
+    if ranks.world_size > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def _require_finite(loss: float, what: str, epoch: int, cfg: FinetuneConfig) -> None:
+    """A NaN or infinite loss ends the run with the likely causes, before it leaves no epoch worth keeping."""
+    if math.isfinite(loss):
+        return
+    overflow = f", or {cfg.precision} overflowed (try --precision fp32)" if cfg.precision != "fp32" else ""
+    raise ConfigError(f"training diverged in epoch {epoch}: the {what} loss is {loss}. The learning rate is likely "
+                      f"too high (--lr {cfg.lr:g}: try {cfg.lr / 10:g}){overflow}")
+
+
+def _verdict(loss: float | None, best: dict[str, Any], epoch: int, patience: int) -> tuple[bool, bool]:
+    """(this epoch is the best yet, stop after it); without a holdout loss every epoch is kept over the last."""
+    if loss is None:
+        return True, False
+    improved = loss < best["loss"]
+    return improved, epoch - (epoch if improved else best["epoch"]) >= patience
 
 
 def _optimizer(cfg: FinetuneConfig, groups: list[tuple[str, list[nn.Parameter]]]) -> torch.optim.Optimizer:
@@ -236,7 +299,7 @@ def _finetune(cfg: FinetuneConfig, spec: BackboneSpec, size: int, data: Finetune
     scheduler = _scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16" and device.type == "cuda")
     history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"epoch": 0, "val_loss": math.inf, "state": None}
+    best: dict[str, Any] = {"epoch": 0, "loss": math.inf, "state": None}  # the kept epoch, its holdout loss, weights
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -248,12 +311,12 @@ def _finetune(cfg: FinetuneConfig, spec: BackboneSpec, size: int, data: Finetune
     if ranks.world_size > 1:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     run = _Run(wrapped, normalizer(prep.mean, prep.std, device, cfg.channels_last), optimizer, scheduler, scaler, device, cfg, trained,
-               every, bn_train)
+               every, bn_train, ranks)
     sampler = None
     if ranks.world_size > 1:
         sampler = torch.utils.data.DistributedSampler(data.train, ranks.world_size, ranks.rank, seed=cfg.seed)
-    val_loader = _loader(data.val, cfg, device, shuffle=False)
-    stopped = len(history) - best["epoch"] >= cfg.patience
+    choosing = data.choice is not None  # else every epoch trains and the last is kept
+    stopped = choosing and len(history) - best["epoch"] >= cfg.patience
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         if stopped:
             break
@@ -265,25 +328,35 @@ def _finetune(cfg: FinetuneConfig, spec: BackboneSpec, size: int, data: Finetune
         row = {"epoch": epoch, **train_one_epoch(run, _loader(data.train, cfg, device, True, sampler, generator),
                                                  progress, f"epoch {epoch}/{cfg.epochs}")}
         row["images_per_second"] = len(data.train) / (time.perf_counter() - start)
-        metrics, _, _ = _validate(run, val_loader)
-        row.update(metrics, lr=optimizer.param_groups[0]["lr"])
+        _require_finite(row["train_loss"], "training", epoch, cfg)
+        _same_buffers(model, ranks)
+        if choosing:
+            row.update(_holdout_metrics(run, data.choice))
+            _require_finite(row["holdout_loss"], "holdout", epoch, cfg)
+        row["lr"] = optimizer.param_groups[0]["lr"]
         history.append(row)
-        if row["val_loss"] < best["val_loss"]:
-            best = {"epoch": epoch, "val_loss": row["val_loss"], "state": copy.deepcopy(model.state_dict())}
-        stopped = epoch - best["epoch"] >= cfg.patience
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val accuracy %.4f", epoch, row["train_loss"],
-                 row["val_loss"], row["val_accuracy"])
+        # rank 0's verdict on every rank: they stop together even if their numbers differed in the last bit
+        improved, stopped = ranks.share(lambda: _verdict(row.get("holdout_loss"), best, epoch, cfg.patience))
+        if improved:
+            best = {"epoch": epoch, "loss": row.get("holdout_loss"),
+                    "state": copy.deepcopy(model.state_dict()) if choosing else None}
+        log.info("epoch %d: %s", epoch, ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in row.items()
+                                                   if k.endswith(("loss", "accuracy"))))
         if ranks.main:
             _write_state(state_path, {"format": STATE_FORMAT, "key": key, "finished": False, "model": model.state_dict(),
                                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                       "scaler": scaler.state_dict(), "history": history, "best": best})
     if best["state"] is not None:
         model.load_state_dict(best["state"])
-    _, proba, rows = _validate(run, val_loader)
+    for row in history:
+        row["chosen"] = row["epoch"] == best["epoch"]
+    # once, in fp32 as `predict` computes it: the numbers are the saved network's, whatever --precision trained
+    proba, rows = _evaluate_rows(run, data.val, "fp32")
     # plain tensors and lists: the resume checkpoint keeps them, and loads with weights_only=True
     validation = {"paths": [data.val.paths[r] for r in rows.tolist()],
                   "labels": torch.from_numpy(data.val.labels[rows.numpy()]), "proba": proba}
-    result = FinetuneResult(out, {}, history, skipped=sorted(run.skipped), classes=data.classes, validation=validation)
+    skipped = sorted(set().union(*ranks.gather(run.skipped)))  # every rank's, rank 0 reports them
+    result = FinetuneResult(out, {}, history, skipped=skipped, classes=data.classes, validation=validation)
     if ranks.main:
         result.metrics = _save_network(cfg, spec, size, data, model, prep, trained, bn_train, best["epoch"], history,
                                        validation)
@@ -316,7 +389,8 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
 def _save_network(cfg: FinetuneConfig, spec: BackboneSpec, size: int, data: FinetuneData, model: nn.Module, prep: Any,
                   trained: list[str], bn_train: bool, best_epoch: int, history: list[dict],
                   validation: dict[str, Any]) -> dict[str, Any]:
-    """Write finetuned/<backbone>.pt; its metrics on the validation rows."""
+    """Write finetuned/<backbone>.pt; its metrics on the validation rows, and the kept epoch's on the rows that
+    chose it."""
     proba, labels = validation["proba"], validation["labels"]
     kept = history[best_epoch - 1] if best_epoch else {}
     metrics = {
@@ -325,7 +399,8 @@ def _save_network(cfg: FinetuneConfig, spec: BackboneSpec, size: int, data: Fine
         "val_accuracy": accuracy(proba, labels), "val_log_loss": log_loss(proba, labels),
         "val_log_loss_uncalibrated": None, "temperature": 1.0,
         "train_accuracy": kept.get("train_accuracy"), "train_log_loss": kept.get("train_loss"),
-        "chosen": {"epochs": best_epoch}, "trained_blocks": trained, "classes": list(data.classes),
+        "chosen": {"epochs": best_epoch}, "chosen_on": data.choice_description,
+        "holdout_log_loss": kept.get("holdout_loss"), "trained_blocks": trained, "classes": list(data.classes),
     }
     save_finetuned(checkpoint_file(cfg.workdir, spec.name), FinetunedCheckpoint(
         backbone=spec.name, builder_kwargs=builder_kwargs(spec), classes=list(data.classes),
