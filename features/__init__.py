@@ -38,7 +38,7 @@ _EXPORTS = {
     "images": ("load_rgb", "open_rgb", "square_tensor"),
     "prepare": ("DEFAULT_LABEL_PATTERN", "PROBLEMS_FILE", "PrepareConfig", "PrepareReport", "prepare"),
     "registry": ("BOOK", "BackboneSpec", "get_backbone", "resolve_backbones", "split_names"),
-    "files": ("atomic_output", "workdir_lock"),
+    "files": ("atomic_output", "workdir_lock", "writes_workdir"),
     "staging": ("ORIGIN_SETTINGS", "STAGING_SETTINGS", "VALUE_SETTINGS"),
     "store": ("FeatureCache", "cache_path", "dataset_name"),
 }

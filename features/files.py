@@ -3,29 +3,46 @@
     with workdir_lock(workdir):                 # WorkdirBusyError while another process holds it
         with atomic_output(path) as tmp:        # write tmp; it replaces path only if the block finishes
             tmp.write_text(...)
+
+    @writes_workdir                             # a stage: runs holding the lock of its cfg.workdir
+    def train_linear_heads(cfg, ...): ...
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
+import re
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Callable, Iterator, TypeVar
 
 from .errors import WorkdirBusyError
 
 LOCK_NAME = ".lock"
+# atomic_output's temporary files: <target name>.<16 hex digits>.tmp, never matched by a glob for the real suffix
+TEMP_NAME = re.compile(r".+\.[0-9a-f]{16}\.tmp")
+_held: set[Path] = set()  # workdirs this process holds: a nested workdir_lock of one of them is already inside
+Stage = TypeVar("Stage", bound=Callable[..., Any])
 
 
 @contextmanager
-def workdir_lock(workdir: Path) -> Iterator[None]:
+def workdir_lock(workdir: Path | str) -> Iterator[None]:
     """Hold the workdir exclusively; the OS drops the lock when the process dies, even by kill -9.
 
-    The lock file is removed on release, and a workdir this call created is removed again if
-    nothing was written to it, so a run that fails early leaves nothing behind.
+    Re-entrant within a process (`run` holds it while its stages take it again). Under torchrun
+    every rank runs the same command and rank 0 holds the lock for them all. The lock file is
+    removed on release, and a workdir this call created is removed again if nothing was written
+    to it, so a run that fails early leaves nothing behind.
     """
+    workdir = Path(workdir)
+    key = workdir.resolve()
+    if key in _held or _another_torchrun_rank():
+        yield
+        return
     created = not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
     lock = workdir / LOCK_NAME
@@ -33,13 +50,41 @@ def workdir_lock(workdir: Path) -> Iterator[None]:
         with _locked(lock) as handle:
             handle.write(str(os.getpid()))
             handle.flush()
+            _remove_leftovers(workdir)
+            _held.add(key)
             try:
                 yield
             finally:
+                _held.discard(key)
                 lock.unlink(missing_ok=True)  # while still locked: nobody can take a lock on it meanwhile
     finally:
         if created and workdir.is_dir() and not any(workdir.iterdir()):
             workdir.rmdir()
+
+
+def writes_workdir(stage: Stage) -> Stage:
+    """Run a stage holding the lock of the workdir it writes: its first argument's `.workdir`, or the
+    argument itself when it is the workdir, so the Python API is as safe as the CLI."""
+
+    @functools.wraps(stage)
+    def locked(first: Any, *args: Any, **kwargs: Any) -> Any:
+        with workdir_lock(getattr(first, "workdir", first)):
+            return stage(first, *args, **kwargs)
+
+    return locked  # type: ignore[return-value]
+
+
+def _another_torchrun_rank() -> bool:
+    """A torchrun rank other than 0 (torchrun sets WORLD_SIZE and RANK, as features.distributed reads them)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
+
+
+def _remove_leftovers(workdir: Path) -> None:
+    """Temporary files of writers that were killed (each writer has its own): with the lock held,
+    nobody else can be writing one."""
+    for path in workdir.rglob("*.tmp"):
+        if TEMP_NAME.fullmatch(path.name):
+            path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -91,11 +136,21 @@ def atomic_output(path: Path) -> Iterator[Path]:
     """Write to the yielded temporary path; it replaces `path` only if the block finishes.
 
     Readers see the old file or the new one, never half of one, whatever happens to the writer.
+    Each writer gets a temporary file of its own, so two writers of one path never mix their bytes;
+    the last to finish wins.
     """
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _own_temp(path)
     try:
         yield tmp
         fsync_path(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _own_temp(path: Path) -> Path:
+    """A new empty file beside `path`, <name>.<random>.tmp: created exclusively (no other writer has
+    it), with the permissions open() would give (0o666 less the umask; mkstemp's are 0o600)."""
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(8)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return tmp

@@ -43,10 +43,17 @@ class DataFolder:
     classes: tuple[str, ...]
     splits: dict[str, Split]
 
+    def split(self, name: str) -> Split:
+        """The split of that name, or a DataLayoutError naming the splits there are."""
+        if name not in self.splits:
+            raise DataLayoutError(f"{self.root} has no split {name!r}; splits: {', '.join(self.splits)}")
+        return self.splits[name]
+
     def fingerprint(self, split: str) -> str:
         """Changes whenever a file of the split is added, removed, renamed, rewritten or relabeled."""
         digest = hashlib.sha256("\n".join(self.classes).encode())
-        for rel, label in zip(self.splits[split].paths, self.splits[split].labels):
+        rows = self.split(split)
+        for rel, label in zip(rows.paths, rows.labels):
             stat = (self.root / rel).stat()
             digest.update(f"\n{rel}\t{label}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
         return digest.hexdigest()

@@ -11,8 +11,9 @@ Layout of `<workdir>/features.h5` (public; see README):
 /<split>/<backbone>_hflip  the same for the images mirrored left-right (extract --views hflip); attrs: view="hflip"
 
 Written only whole: extraction stages batches (staging.py) and only a finished run builds a new
-`features.h5.tmp` and renames it over the old file, so a kill at any moment leaves the old cache
-intact and the finished batches on disk for the next run to resume from.
+cache in a temporary file beside the old one (`features.h5.<random>.tmp`) and renames it over it,
+so a kill at any moment leaves the old cache intact and the finished batches on disk for the next
+run to resume from.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def _check_room(path: Path, needed: int) -> None:
     needed = int(needed * 1.05) + (1 << 20)  # chunk index, checksums, attributes
     if needed > room:
         raise OSError(errno.ENOSPC, f"the new feature cache needs about {needed / 2**20:.1f} MiB and only {room / 2**20:.1f} MiB "
-                                    f"can be written there", str(path.with_name(path.name + ".tmp")))
+                                    f"can be written there", str(path.parent))
 
 
 def _open_previous(path: Path) -> h5py.File | None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from features import DEFAULT_DEVICE, ConfigError, ProgressFn, get_backbone
+from features import DEFAULT_DEVICE, ConfigError, ProgressFn, get_backbone, writes_workdir
 
 from .finetune.config import FINETUNED_PREFIX, FinetuneConfig, checkpoint_file, finetuned_dir
 from .outputs import Probabilities, metrics_dir, write_model_outputs, write_summary
@@ -35,6 +35,7 @@ def canonical_name(model: str) -> str:
     return FINETUNED_PREFIX + get_backbone(_backbone(model)).name
 
 
+@writes_workdir
 def train(cfg: FinetuneConfig, progress: ProgressFn | None = None) -> "FinetuneResult":
     """Fine-tune (or find the finished run), then write its metrics like any model's."""
     from .finetune import finetune

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from features import ConfigError, FeatureCache, accuracy, atomic_output, cache_path, log_loss, scan_data_folder
+from features import (ConfigError, FeatureCache, accuracy, atomic_output, cache_path, check_fresh, log_loss,
+                      scan_data_folder, writes_workdir)
 
 from . import finetuned
 from .config import PredictConfig
@@ -36,51 +37,89 @@ class PredictResult:
     log_loss: float | None = None
 
 
+RESULT_FIELDS = ("rows", "fallback", "accuracy", "log_loss")  # kept in the stamp: an up-to-date predict reports them
+
+
+def _model_file(cfg: PredictConfig) -> Path:
+    """The file the model is: a fine-tuned network's checkpoint, or heads/<model>.pt; it must exist."""
+    if finetuned.is_finetuned(cfg.model):
+        return finetuned.checkpoint(cfg.workdir, cfg.model)
+    from .heads.models import saved_model
+
+    return saved_model(heads_dir(cfg.workdir) / f"{cfg.model}.pt")
+
+
 def _submission_key(cfg: PredictConfig, data: Path | None) -> str:
-    """Changes with the model file, the split's files (and features), and the output options."""
-    if data is not None:  # a fine-tuned network: its checkpoint and the images it reads
-        digest = hashlib.sha256(finetuned.checkpoint(cfg.workdir, cfg.model).read_bytes())
+    """Changes with the model file, the split's files (and features), and the output options.
+
+    Computed from files only, before any probability: an up-to-date submission costs no forward pass.
+    """
+    digest = hashlib.sha256(_model_file(cfg).read_bytes())
+    if data is not None:  # a fine-tuned network: the images it reads
         digest.update(scan_data_folder(data).fingerprint(cfg.split).encode())
         digest.update(json.dumps([str(data.resolve()), cfg.tta]).encode())
     else:
-        digest = hashlib.sha256((heads_dir(cfg.workdir) / f"{cfg.model}.pt").read_bytes())
         with FeatureCache(cache_path(cfg.workdir)) as cache:
+            check_fresh(cache, [cfg.split])  # stale features are refused, whether the submission is up to date or not
             digest.update(cache.fingerprint(cfg.split).encode())
-            digest.update(json.dumps({b: cache.settings(cfg.split, b) for b in cache.datasets(cfg.split)},
-                                     sort_keys=True, default=str).encode())
+            settings = {b: cache.settings(cfg.split, b) for b in cache.datasets(cfg.split)}
+            digest.update(json.dumps([cache.classes, settings], sort_keys=True, default=str).encode())
     digest.update(json.dumps([cfg.model, cfg.split, cfg.kaggle_binary, cfg.clip]).encode())
     return digest.hexdigest()
 
 
-def probabilities(cfg: PredictConfig) -> tuple[Probabilities, Path | None]:
-    """The model's probabilities on the split, and the image folder read when the model reads images."""
+def _image_folder(cfg: PredictConfig) -> Path | None:
+    """The image folder a fine-tuned network reads; None for a head, which reads the cache."""
     if finetuned.is_finetuned(cfg.model):
-        data = finetuned.data_folder(cfg.workdir, cfg.model, cfg.data)
-        return finetuned.probabilities(cfg.workdir, cfg.model, cfg.split, data, cfg.device, cfg.tta), data
+        return finetuned.data_folder(cfg.workdir, cfg.model, cfg.data)
     if cfg.tta:
         raise ConfigError("--tta applies to finetuned-<backbone> models; for the heads, predict with a +hflip model")
+    return None
+
+
+def probabilities(cfg: PredictConfig, data: Path | None) -> Probabilities:
+    """The model's probabilities on the split; `data`: the image folder a fine-tuned network reads."""
+    if data is not None:
+        return finetuned.probabilities(cfg.workdir, cfg.model, cfg.split, data, cfg.device, cfg.tta)
     from .heads.predict import class_probabilities
 
-    return class_probabilities(cfg.workdir, cfg.model, cfg.split, cfg.device), None
+    return class_probabilities(cfg.workdir, cfg.model, cfg.split, cfg.device)
 
 
+def _stamp(cfg: PredictConfig) -> Path:
+    """<output>.json: the key the submission was made from, and its result."""
+    return cfg.output.with_name(cfg.output.name + ".json")
+
+
+def _up_to_date(cfg: PredictConfig, key: str) -> PredictResult | None:
+    """The stored result if the submission was made from exactly this key, else None."""
+    try:
+        saved = json.loads(_stamp(cfg).read_text())
+    except (OSError, ValueError):
+        return None
+    if cfg.force or not cfg.output.exists() or saved.get("key") != key or not all(f in saved for f in RESULT_FIELDS):
+        return None
+    return PredictResult(cfg.output, written=False, **{f: saved[f] for f in RESULT_FIELDS})
+
+
+@writes_workdir
 def predict(cfg: PredictConfig) -> PredictResult:
     """Write the submission (skipped when it is up to date); score it too when the split is labeled."""
-    probs, data = probabilities(cfg)
+    data = _image_folder(cfg)
+    key = _submission_key(cfg, data)
+    if (result := _up_to_date(cfg, key)) is not None:
+        return result
+    probs = probabilities(cfg, data)
     frame = submission_frame(probs, cfg.kaggle_binary, cfg.clip)
-    result = PredictResult(cfg.output, len(frame), written=False, fallback=probs.fallback)
+    result = PredictResult(cfg.output, len(frame), written=True, fallback=probs.fallback)
     decoded = ~np.isin(probs.paths, probs.fallback)
     if decoded.any() and (probs.labels[decoded] >= 0).all():
         result.accuracy = accuracy(probs.proba[decoded], probs.labels[decoded])
         result.log_loss = log_loss(probs.proba[decoded], probs.labels[decoded])
-    key = _submission_key(cfg, data)
-    stamp = cfg.output.with_name(cfg.output.name + ".json")
-    if not cfg.force and cfg.output.exists() and stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
-        return result
     cfg.output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(cfg.output) as tmp:
         frame.to_csv(tmp, index=False)
-    with atomic_output(stamp) as tmp:
-        tmp.write_text(json.dumps({"key": key, "model": cfg.model, "split": cfg.split}) + "\n")
-    result.written = True
+    with atomic_output(_stamp(cfg)) as tmp:
+        stamp = {"key": key, "model": cfg.model, "split": cfg.split, **{f: getattr(result, f) for f in RESULT_FIELDS}}
+        tmp.write_text(json.dumps(stamp) + "\n")
     return result

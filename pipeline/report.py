@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from features import CacheError, FeatureCache, MissingInputError, accuracy, atomic_output, cache_path, log_loss
+from features import (CacheError, FeatureCache, MissingInputError, accuracy, atomic_output, cache_path, log_loss,
+                      writes_workdir)
 
 from .outputs import metrics_dir, read_metrics, trained_models
 from .status import staleness
@@ -48,6 +49,7 @@ def reports_dir(workdir: Path) -> Path:
     return Path(workdir) / "reports"
 
 
+@writes_workdir
 def build_reports(workdir: Path) -> Report:
     """(Re)write every up-to-date model's confusion matrix and the page of training curves."""
     workdir = Path(workdir)

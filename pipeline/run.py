@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 from features import (ConfigError, DataLayoutError, ExtractConfig, ExtractReport, ProgressFn, extract,
-                      resolve_backbones, scan_data_folder, validation_plan)
+                      resolve_backbones, scan_data_folder, validation_plan, writes_workdir)
 
 from .config import PredictConfig
 from .heads import (BEST, ENSEMBLE, HeadConfig, TrainResult, select_best, train_concat, train_ensemble,
@@ -48,6 +48,7 @@ def check_run(extract_cfg: ExtractConfig, head_cfg: HeadConfig, predict_cfg: Pre
     return test is not None and not test.labeled
 
 
+@writes_workdir
 def run_pipeline(extract_cfg: ExtractConfig, head_cfg: HeadConfig, predict_cfg: PredictConfig,
                  progress: ProgressFn | None = None) -> RunReport:
     """Extract, a probe per backbone, the combined models, `best`, then predict the unlabeled split."""

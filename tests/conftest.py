@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import subprocess
+import sys
 import urllib.error
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -37,6 +41,21 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # timm's Hugging Face downloads fail at once, as offline
+
+
+@contextmanager
+def lock_held_elsewhere(workdir: Path) -> Iterator[None]:
+    """The workdir lock held by another process (this one's own lock is re-entrant) until the block ends."""
+    code = ("import sys\nfrom features.files import workdir_lock\n"
+            "with workdir_lock(sys.argv[1]):\n    print('held', flush=True)\n    sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(workdir)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.stdin.close()  # the holder reads to the end of its input, then lets go
+        holder.wait(timeout=30)
 
 
 def stage_rows(staging: "Staging", start: int, stop: int, failed: tuple[int, ...] = ()) -> None:

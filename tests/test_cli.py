@@ -13,13 +13,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from features import FeatureCache, cache_path, workdir_lock
+from features import FeatureCache, cache_path
 from pipeline.cli import main
 from pipeline.cli.common import EXIT_BUSY, EXIT_INTERNAL
 from pipeline.heads import learners as learners_module
 from pipeline.heads import train as heads_train_module
 
-from .conftest import IMAGE_SIZE, save_checkpoint
+from .conftest import IMAGE_SIZE, lock_held_elsewhere, save_checkpoint
 
 SMOKE = ("--weights", "random", "--image-size", str(IMAGE_SIZE), "--workers", "0")
 QUICK_HEADS = ("--c-grid", "0.01,1", "--epochs", "5")
@@ -119,7 +119,7 @@ def test_a_disk_problem_while_training_is_worded_for_training(digits10_workdir, 
 
 
 def test_a_busy_workdir_has_its_own_exit_status(digits_folder, tmp_path):
-    with workdir_lock(tmp_path / "work"):
+    with lock_held_elsewhere(tmp_path / "work"):
         result = _run("extract", "--data", str(digits_folder), "--workdir", str(tmp_path / "work"), *SMOKE)
     assert result.exit_code == EXIT_BUSY == 3 and "another cnnfeat process" in result.output
 

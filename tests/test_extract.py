@@ -13,10 +13,9 @@ from PIL import Image
 from features import BOOK, ConfigError, FeatureCache, WeightsUnavailableError, WorkdirBusyError, extract, get_backbone, load_backbone
 from features.extract import StagingWriter, pad_rows
 from features.images import DecodedBatch, load_rgb
-from features.files import workdir_lock
 from features.staging import Staging
 
-from .conftest import IMAGE_SIZE, assert_same_features, cosines, extract_config, snapshot
+from .conftest import IMAGE_SIZE, assert_same_features, cosines, extract_config, lock_held_elsewhere, snapshot
 
 extract_module = importlib.import_module("features.extract")  # the package re-exports extract(), the function
 
@@ -153,7 +152,7 @@ def test_offline_without_weights_names_every_missing_file_and_writes_nothing(emp
 
 
 def test_a_busy_workdir_is_refused(digits_folder, tmp_path):
-    with workdir_lock(tmp_path / "work"):
+    with lock_held_elsewhere(tmp_path / "work"):
         with pytest.raises(WorkdirBusyError):
             extract(extract_config(digits_folder, tmp_path / "work"))
 

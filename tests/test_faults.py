@@ -6,7 +6,9 @@ workdir, and files that try to run code when loaded.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import pickle
 import random
@@ -20,11 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from PIL import Image
 
 from features import CacheError, FeatureCache, WeightsUnavailableError, checkpoint_path, extract, get_backbone
 from features.images import ImageFiles, collate_decoded, decode_on_device
 from features.staging import Staging
+from pipeline.cli import main
 from pipeline.heads import HeadError, load_model
 
 from .conftest import IMAGE_SIZE, assert_same_features, extract_config
@@ -174,6 +178,24 @@ def test_two_extractions_at_once_one_writes_the_other_is_refused(reference, digi
     assert [code for code, _ in outcomes] == [0, 3], outcomes  # 3: busy, its own exit status
     assert "another cnnfeat process" in outcomes[1][1]
     assert_same_features(workdir, reference)
+
+
+def test_two_head_trainings_at_once_leave_a_consistent_workdir(digits10_workdir):
+    command = [sys.executable, "-m", "pipeline", "train-head", "--workdir", str(digits10_workdir), "--backbone", "resnet34",
+               "--c-grid", "1", "--folds", "2", "--max-iter", "50", "--no-flip", "--device", "cpu"]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [run.communicate(timeout=300)[1] for run in runs]
+    outcomes = sorted(zip([run.returncode for run in runs], errors))
+    assert [code for code, _ in outcomes] in ([0, 0], [0, 3]), outcomes  # 0: it ran after the other; 3: refused
+    assert outcomes[1][0] == 0 or "another cnnfeat process" in outcomes[1][1]
+    heads = sorted((digits10_workdir / "heads").glob("*.pt"))
+    assert [p.stem for p in heads] == ["best", "resnet34"]
+    for model in heads:  # every sidecar vouches for the model beside it
+        sidecar = json.loads(model.with_suffix(".json").read_text())
+        assert sidecar["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest(), model.name
+    info = CliRunner().invoke(main, ["info", "--workdir", str(digits10_workdir)])
+    assert info.exit_code == 0 and "train best:" not in info.output and "train resnet34:" not in info.output, info.output
+    assert not list(digits10_workdir.rglob("*.tmp")) and not (digits10_workdir / ".lock").exists()
 
 
 class _RunsCode:

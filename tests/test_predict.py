@@ -10,6 +10,7 @@ from features import CacheError, FeatureCache, cache_path, extract
 from pipeline.config import PredictConfig
 from pipeline.heads import HeadConfig, HeadError, class_probabilities, load_model, train_ensemble, train_linear_heads
 from pipeline.outputs import Probabilities, submission_frame
+import pipeline.predict as predict_module
 from pipeline.predict import predict
 
 from .conftest import extract_config
@@ -55,6 +56,23 @@ def test_predict_writes_a_submission_and_scores_labeled_splits(digits10_workdir)
     scored = predict(PredictConfig(workdir=digits10_workdir, model="resnet34", split="holdout",
                                    output=digits10_workdir / "holdout.csv"))
     assert scored.accuracy > 0.8 and scored.log_loss > 0
+
+
+def test_an_up_to_date_submission_is_not_predicted_again_and_reports_the_same(digits10_workdir, monkeypatch):
+    train_linear_heads(HeadConfig(workdir=digits10_workdir, c_grid=(1.0,), folds=2, max_iter=50, flip=False), ["resnet34"])
+    cfg = PredictConfig(workdir=digits10_workdir, model="resnet34", split="holdout")
+    first = predict(cfg)
+
+    def no_forward_pass(*args, **kwargs):
+        raise AssertionError("an up-to-date submission computed its probabilities again")
+
+    monkeypatch.setattr(predict_module, "probabilities", no_forward_pass)
+    again = predict(cfg)
+    assert first.written and not again.written
+    assert (again.rows, again.fallback, again.accuracy, again.log_loss) == (first.rows, [], first.accuracy, first.log_loss)
+    assert first.rows == 200 and first.accuracy is not None and first.log_loss is not None
+    with pytest.raises(AssertionError, match="computed its probabilities again"):
+        predict(PredictConfig(workdir=digits10_workdir, model="resnet34", split="holdout", clip=0.01))  # a new key
 
 
 def test_a_mirrored_model_predicts_the_mean_of_both_views_at_its_temperature(digits10_workdir):

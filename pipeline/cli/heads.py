@@ -70,13 +70,16 @@ def head_stage(*stage_options: Callable[..., Any]) -> Callable[..., Any]:
 @head_stage()
 def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 2: a linear probe per backbone, its L2 strength swept and chosen on validation rows."""
+    from features import workdir_lock
+
     from ..heads import select_best, train_linear_heads
 
     cfg = head_config(o)
-    results = train_linear_heads(cfg, backbones)
-    if cfg.select:
-        results.append(select_best(cfg))
-    after_training(cfg.workdir, results)
+    with workdir_lock(cfg.workdir):  # through the summary and reports: no other writer in between
+        results = train_linear_heads(cfg, backbones)
+        if cfg.select:
+            results.append(select_best(cfg))
+        after_training(cfg.workdir, results)
 
 
 @click.command("ensemble")
@@ -84,15 +87,18 @@ def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
 @head_stage(ensemble_options, head_batch_option("--batch-size"))
 def ensemble_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 3: the book's three-branch head and the concatenation probe, then `best` among every model."""
+    from features import workdir_lock
+
     from ..heads import select_best, train_concat, train_ensemble
 
     cfg = head_config(o)
-    results = [train_ensemble(cfg, backbones)]
-    if cfg.concat:
-        results = train_concat(cfg, backbones) + results
-    if cfg.select:
-        results.append(select_best(cfg))
-    after_training(cfg.workdir, results)
+    with workdir_lock(cfg.workdir):  # through the summary and reports: no other writer in between
+        results = [train_ensemble(cfg, backbones)]
+        if cfg.concat:
+            results = train_concat(cfg, backbones) + results
+        if cfg.select:
+            results.append(select_best(cfg))
+        after_training(cfg.workdir, results)
 
 
 def after_training(workdir: Path, results: list[Any]) -> None:

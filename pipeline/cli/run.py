@@ -33,16 +33,19 @@ from .predict import print_prediction
 @handled(BATCHES_KEPT)
 def run_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Every stage in order: extract (with mirrored views), probes, ensemble and concat, best, predict."""
+    from features import workdir_lock
+
     from ..run import run_pipeline
 
     extract_cfg, head_cfg = extract_config(o, backbones), head_config(o)
     predict_cfg = PredictConfig(workdir=o["workdir"], kaggle_binary=o["kaggle_binary"], clip=o["clip"],
                                 device=o["device"], force=o["force"])
-    report = with_progress(lambda progress: run_pipeline(extract_cfg, head_cfg, predict_cfg, progress))
-    if not report.extract.main:  # under torchrun, rank 0 trains, predicts and speaks for all
-        return
-    print_extract(report.extract)
-    after_training(head_cfg.workdir, report.heads)
+    with workdir_lock(o["workdir"]):  # through the summary and reports: no other writer in between
+        report = with_progress(lambda progress: run_pipeline(extract_cfg, head_cfg, predict_cfg, progress))
+        if not report.extract.main:  # under torchrun, rank 0 trains, predicts and speaks for all
+            return
+        print_extract(report.extract)
+        after_training(head_cfg.workdir, report.heads)
     if report.prediction is not None:
         print_prediction(report.predicted_with, predict_cfg.split, report.prediction)
 

@@ -44,14 +44,12 @@ def network_predictions(checkpoint: Path, split: str, data: Path, device: str = 
     """With tta, each image's and its mirror's probabilities averaged."""
     saved = load_finetuned(checkpoint)
     folder = scan_data_folder(data)
-    if split not in folder.splits:
-        raise DataLayoutError(f"{folder.root} has no split {split!r}; splits: {', '.join(folder.splits)}")
-    if folder.splits[split].labeled and folder.classes != tuple(saved["classes"]):
+    rows = folder.split(split)
+    if rows.labeled and folder.classes != tuple(saved["classes"]):
         raise DataLayoutError(f"{folder.root} has classes {list(folder.classes)}, the model {saved['classes']}")
     target = resolve_device(device)
     network = build_model(get_backbone(saved["backbone"]), str(checkpoint)).to(target)
     prep = saved["preprocessing"]
-    rows = folder.splits[split]
     dataset = ImageRows(folder.root, rows.paths, rows.labels, int(prep["image_size"]))
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate,
                         num_workers=default_workers(target) if workers is None else workers)

@@ -15,6 +15,7 @@ temperature, or a weighted blend of such models (`best`). Files load with weight
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,24 +167,35 @@ Model = Classifier | Blend
 
 def save_model(path: Path, model: Model, meta: Mapping[str, Any], extra: Mapping[str, torch.Tensor] | None = None) -> None:
     """heads/<name>.pt (plain tensors and containers) and heads/<name>.json, which `cnnfeat info`
-    reads without torch; the JSON holds the .pt's SHA-256, so a damaged .pt is known without loading it."""
+    reads without torch; the JSON holds the .pt's SHA-256, so a damaged .pt is known without loading it.
+    The hash is of the bytes written here, not read back after the rename: it never vouches for a file
+    another writer put there meanwhile."""
     checkpoint = {"format": HEAD_FORMAT, **model.checkpoint(), "meta": dict(meta), **(extra or {})}
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    data = buffer.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
-        torch.save(checkpoint, tmp)
-    sidecar = {"format": HEAD_FORMAT, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        tmp.write_bytes(data)
+    sidecar = {"format": HEAD_FORMAT, "sha256": hashlib.sha256(data).hexdigest(),
                **{k: meta[k] for k in ("name", "kind", "inputs_key", "key_inputs", "members", "val_split") if k in meta}}
     with atomic_output(path.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
 
 
-def load_model(path: Path) -> tuple[Model, dict[str, Any], dict[str, Any]]:
-    """(model, meta, the whole checkpoint); never unpickles code (weights_only=True)."""
+def saved_model(path: Path) -> Path:
+    """path, where a trained model is; a HeadError saying how to train one otherwise."""
     if not path.exists():
         raise HeadError(f"no trained model at {path}; train it first with `cnnfeat train-head`, "
                         f"`cnnfeat ensemble` or `cnnfeat run`")
+    return path
+
+
+def load_model(path: Path) -> tuple[Model, dict[str, Any], dict[str, Any]]:
+    """(model, meta, the whole checkpoint); never unpickles code (weights_only=True)."""
     fix = "retrain it (`cnnfeat run`, or the stage that made it, with --force)"
-    saved = read_torch_file(path, f"a loadable cnnfeat model (format {HEAD_FORMAT})", HeadError, fix, HEAD_FORMAT)
+    saved = read_torch_file(saved_model(path), f"a loadable cnnfeat model (format {HEAD_FORMAT})", HeadError, fix,
+                            HEAD_FORMAT)
     try:
         model = Blend.from_checkpoint(saved) if saved["kind"] == "selection" else Classifier.from_checkpoint(saved)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:  # a file of the right format that does not fit

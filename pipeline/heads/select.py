@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from features import EPS, FeatureCache, accuracy, log_loss
+from features import EPS, FeatureCache, accuracy, log_loss, writes_workdir
 
 from ..outputs import Probabilities, write_model_outputs, write_summary
 from .blend import blend_proba, fit_temperature, greedy_selection
@@ -19,6 +19,7 @@ from .status import heads_dir, inputs_key, key_inputs, read_sidecar, saved_heads
 from .train import TrainResult, model_meta, open_cache, up_to_date
 
 
+@writes_workdir
 def select_best(cfg: HeadConfig) -> TrainResult:
     """`best`: Caruana's greedy selection over every up-to-date model's calibrated out-of-fold predictions.
 

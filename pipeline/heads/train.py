@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from features import (ALL_BACKBONES, BOOK, STAGING_SETTINGS, CacheError, ConfigError, FeatureCache, accuracy, cache_path,
-                      class_prior, dataset_name, get_backbone, log_loss, plain_settings, resolve_device, split_names)
+                      class_prior, dataset_name, get_backbone, log_loss, plain_settings, resolve_device, split_names,
+                      writes_workdir)
 
 from ..outputs import Probabilities, read_metrics, write_model_outputs
 from .blend import fit_temperature, view_proba
@@ -175,6 +176,7 @@ def open_cache(cfg: HeadConfig) -> FeatureCache:
     return FeatureCache(cache_path(cfg.workdir))
 
 
+@writes_workdir
 def train_linear_heads(cfg: HeadConfig, backbones: list[str] | tuple[str, ...] = ALL_BACKBONES) -> list[TrainResult]:
     """A swept linear probe per backbone ('all': every backbone in the cache), and per mirrored view."""
     with open_cache(cfg) as cache:
@@ -192,6 +194,7 @@ def _combined(cache: FeatureCache, rows: Rows, backbones: list[str] | tuple[str,
     return tuple(names)
 
 
+@writes_workdir
 def train_concat(cfg: HeadConfig, backbones: list[str] | tuple[str, ...] = ALL_BACKBONES) -> list[TrainResult]:
     """One swept probe on two or more backbones' standardised features side by side (and mirrored)."""
     with open_cache(cfg) as cache:
@@ -201,6 +204,7 @@ def train_concat(cfg: HeadConfig, backbones: list[str] | tuple[str, ...] = ALL_B
                 for cand in _with_flip(cache, cfg, rows, Candidate(CONCAT, "linear", names))]
 
 
+@writes_workdir
 def train_ensemble(cfg: HeadConfig, backbones: list[str] | tuple[str, ...] = ALL_BACKBONES) -> TrainResult:
     """The book's three-branch head on two or more backbones ('all': every backbone in the cache)."""
     with open_cache(cfg) as cache:
