@@ -66,10 +66,20 @@ def inputs_key(cache: FeatureCache, inputs: dict, members: dict[str, str] | None
     blob = {
         "head_format": HEAD_FORMAT, **inputs, "classes": cache.classes, "members": members or {},
         "splits": {s: cache.fingerprint(s) for s in splits},
-        "features": {f"{s}/{dataset_name(b, v)}": {k: cache.settings(s, dataset_name(b, v)).get(k) for k in STAGING_SETTINGS}
-                     for s in splits for b in inputs["backbones"] for v in inputs["views"]},
+        "features": {f"{s}/{dataset}": settings
+                     for s in splits for dataset, settings in feature_settings(cache, s, inputs["backbones"], inputs["views"]).items()},
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def feature_settings(cache: FeatureCache, split: str, backbones: Iterable[str], views: Iterable[str]) -> dict[str, dict]:
+    """{dataset: its settings a model depends on}: the values, and where they were computed (decoder, device)."""
+    settings = {}
+    for backbone in backbones:
+        for view in views:
+            stored = cache.settings(split, dataset_name(backbone, view))
+            settings[dataset_name(backbone, view)] = {k: stored.get(k) for k in STAGING_SETTINGS}
+    return settings
 
 
 def read_sidecar(workdir: Path, name: str) -> dict | None:

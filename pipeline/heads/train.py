@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from features import (ALL_BACKBONES, BOOK, STAGING_SETTINGS, CacheError, ConfigError, FeatureCache, accuracy, cache_path,
+from features import (ALL_BACKBONES, BOOK, CacheError, ConfigError, FeatureCache, accuracy, cache_path,
                       class_prior, dataset_name, get_backbone, log_loss, plain_settings, resolve_device, split_names,
                       writes_workdir)
 
@@ -36,7 +35,7 @@ from .learners import learner_for
 from .models import Classifier, save_model
 from .predict import check_feature_settings
 from .rows import Rows, resolve_rows
-from .status import heads_dir, inputs_key, key_inputs, read_sidecar
+from .status import feature_settings, heads_dir, inputs_key, key_inputs, read_sidecar
 from .table import FeatureTable, concat_tables
 
 log = logging.getLogger(__name__)
@@ -73,6 +72,9 @@ def train_one(cache: FeatureCache, cfg: HeadConfig, cand: Candidate, rows: Rows)
                 for view in cand.views]
 
     train, val = tables(rows.train_split, rows.train), tables(rows.val_split, rows.val)
+    # the validation rows report on features like the training rows': refused (or named) before any fitting
+    check_feature_settings(cand.name, feature_settings(cache, rows.train_split, cand.backbones, cand.views), cache,
+                           rows.val_split)
     learner = learner_for(inputs["solver"], cand.kind, cand.name, train, len(classes), cfg, device)
     head, history, oof = learner.fit(rows.folds, rows.n_folds)  # sees the training rows only
     if oof is None:
@@ -99,7 +101,6 @@ def train_one(cache: FeatureCache, cfg: HeadConfig, cand: Candidate, rows: Rows)
         metrics["n_refit"] = len(y_train) + len(y_val)
     model = Classifier(cand.kind, head.cpu(), learner.params, cand.views, temperature)
     meta = model_meta(cache, cfg, cand.name, cand.kind, cand.backbones, cand.views, inputs, key, rows, metrics)
-    check_feature_settings(cand.name, meta["feature_settings"], cache, rows.val_split)  # what the validation rows report on
     save_model(heads_dir(cfg.workdir) / f"{cand.name}.pt", model, meta,
                {"oof_proba": oof_proba, "val_proba": val_proba, "oof_key": rows.key()})
     write_model_outputs(cfg.workdir, cand.name, metrics, history,
@@ -114,9 +115,7 @@ def model_meta(cache: FeatureCache, cfg: HeadConfig, name: str, kind: str, backb
         "name": name, "kind": kind, "backbones": list(backbones), "views": list(views), "classes": list(cache.classes),
         "class_prior": class_prior(labels, len(cache.classes)),
         "inputs_key": key, "key_inputs": inputs, "val_split": rows.description,
-        "feature_settings": {dataset_name(b, v): {k: cache.settings(rows.train_split, dataset_name(b, v)).get(k)
-                                                  for k in STAGING_SETTINGS}
-                             for b in backbones for v in views},
+        "feature_settings": feature_settings(cache, rows.train_split, backbones, views),
         "config": plain_settings(cfg),
         "metrics": metrics, **extra,
     }
