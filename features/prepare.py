@@ -118,9 +118,9 @@ def prepare(cfg: PrepareConfig) -> PrepareReport:
 
 
 def _examples(problems: list[tuple[str, str, str]]) -> str:
-    """The first few problems, as one clause."""
-    shown = "; ".join(f"{item}: {detail}" for _, item, detail in problems[:3])
-    return shown + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+    """The first few problems, as one clause: their items, and what was wrong with the first."""
+    items = ", ".join(item for _, item, _ in problems[:3]) + (f", ... ({len(problems)} in all)" if len(problems) > 3 else "")
+    return f"{items} ({problems[0][2]})" if problems else "no row or file to read"
 
 
 def _label_source_hint(cfg: PrepareConfig) -> str:
