@@ -46,9 +46,9 @@ def validation_plan(labeled: Mapping[str, bool], train_split: str, val_split: st
     validation split, whose labels could not judge anything, and a validation split named otherwise than the
     default that does not exist (a typo must not quietly become a holdout)."""
     if not labeled.get(train_split, False):
-        what = "has no class folders" if train_split in labeled else "does not exist"
-        raise DataLayoutError(f"there is no labeled {train_split}/ split to train on ({train_split!r} {what}"
-                              f"{did_you_mean(train_split, labeled)}; splits: {', '.join(labeled) or 'none'}); a labeled split has one folder of images per class, "
+        what = "has no class folders" if train_split in labeled else f"does not exist{did_you_mean(train_split, labeled)}"
+        raise DataLayoutError(f"there is no labeled {train_split}/ split to train on ({train_split!r} {what}; splits: "
+                              f"{', '.join(labeled) or 'none'}); a labeled split has one folder of images per class, "
                               f"and `cnnfeat prepare` makes one from a Kaggle download")
     if val_split in labeled:
         if not labeled[val_split]:

@@ -45,9 +45,11 @@ def _model_file(cfg: PredictConfig) -> Path:
     """The file the model is: a fine-tuned network's checkpoint, or heads/<model>.pt; it must exist."""
     if finetuned.is_finetuned(cfg.model):
         return finetuned.checkpoint(cfg.workdir, cfg.model)
+    from .heads import HeadError
+
     path = heads_dir(cfg.workdir) / f"{cfg.model}.pt"
     if not path.exists():
-        raise ConfigError(_missing_model(cfg))
+        raise HeadError(_missing_model(cfg))
     return path
 
 

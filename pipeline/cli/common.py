@@ -135,27 +135,33 @@ def settings(settings_class: Callable[..., Settings], **values: Any) -> Settings
         raise click.BadParameter(str(err), ctx=ctx, param=param) from None
 
 
-def _writable_path(path: Path, what: str) -> str:
-    """'' when path can be made and written, else why not: a file where a folder must be, or a folder no file can be
-    made in (read-only, not ours, /proc). Tried with a temporary folder, removed at once: permissions alone do not
-    tell, for root or on special file systems."""
+def _unusable_path(path: Path, what: str, write: bool) -> str:
+    """'' when path can be used (with write: made and written), else why not: a name the system refuses (too long),
+    a file where a folder must be, or a folder nothing can be made in (read-only, /proc). Writing is tried with a
+    temporary folder, removed at once: permissions alone do not tell, for root or on special file systems."""
     existing = path.absolute()
-    while not existing.is_dir() and existing != existing.parent:
-        if existing.exists() and existing != path.absolute():
-            return f"{existing} is a file, so the {what} {path} cannot be made there; choose another path"
-        existing = existing.parent
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".cnnfeat-probe-", dir=existing))
+        try:
+            os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):  # not there yet, or under a file: found below
+            pass
+        while not existing.is_dir() and existing != existing.parent:
+            if existing.exists() and existing != path.absolute():
+                return f"{existing} is a file, so the {what} {path} cannot be made there; choose another path"
+            existing = existing.parent
+        if write:
+            os.rmdir(tempfile.mkdtemp(prefix=".cnnfeat-probe-", dir=existing))
     except OSError as err:
-        return f"nothing can be written in {existing} ({err.strerror}); choose a {what} in a folder you can write to"
+        return f"the {what} {path} cannot be used ({err.strerror} in {existing}); choose another path"
     return ""
 
 
-def writable(what: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    """A callback refusing an output path that cannot be written (a file as a parent, a read-only folder)."""
+def usable_path(what: str, write: bool = True) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A callback refusing a path the command could not use: an output that cannot be written (a file as a
+    parent, a read-only folder), or any path the system refuses (a name too long)."""
 
     def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        if value is not None and (why := _writable_path(Path(value), what)):
+        if value is not None and (why := _unusable_path(Path(value), what, write)):
             raise click.BadParameter(why, ctx=ctx, param=param)
         return value
 
@@ -183,9 +189,10 @@ def backbones_option(flag: str, help: str) -> Callable[..., Any]:
 
 WORKDIR_HELP = "Where features.h5 and everything after it live."
 workdir_option = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_WORKDIR,
-                              callback=writable("workdir"), help=WORKDIR_HELP)
+                              callback=usable_path("workdir"), help=WORKDIR_HELP)
 read_workdir_option = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
-                                   default=DEFAULT_WORKDIR, help=WORKDIR_HELP)
+                                   default=DEFAULT_WORKDIR, callback=usable_path("workdir", write=False),
+                                   help=WORKDIR_HELP)
 force_option = click.option("--force", is_flag=True, help="Redo even what is up to date.")
 device_option = click.option("--device", type=click.Choice(DEVICES), default=DEFAULT_DEVICE)
 seed_option = click.option("--seed", type=bounds_type(SEED), default=DEFAULT_SEED,

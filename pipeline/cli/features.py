@@ -13,7 +13,7 @@ from features import DECODERS, DEFAULT_LABEL_PATTERN, POOLS, PRECISIONS, ConfigE
 
 from .common import (BATCHES_KEPT, EXIT_PROBLEM, NOTHING_HALF_WRITTEN, backbones_option, device_option, force_option,
                      handled, options, read_workdir_option, seed_option, setting_type, settings, views_option,
-                     with_progress, workdir_option, writable)
+                     usable_path, with_progress, workdir_option)
 
 
 def extract_options(views_default: tuple[str, ...]) -> Callable[..., Any]:
@@ -100,7 +100,7 @@ def _pairs(pairs: list[tuple[str, str]]) -> str:
 @click.command("prepare")
 @click.option("--train", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="Flat folder of labeled images, as Kaggle ships train/.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, callback=writable("--out folder"),
+@click.option("--out", type=click.Path(path_type=Path), required=True, callback=usable_path("--out folder"),
               help="The split layout to create (symlinks).")
 @click.option("--label-from-name", "label_pattern", is_flag=False, flag_value=DEFAULT_LABEL_PATTERN, default=None,
               callback=label_pattern,

@@ -10,7 +10,8 @@ import click
 from features import CnnfeatError
 
 from ..config import PredictConfig
-from .common import NOTHING_HALF_WRITTEN, device_option, force_option, handled, setting_type, settings, workdir_option, writable
+from .common import (NOTHING_HALF_WRITTEN, device_option, force_option, handled, setting_type, settings, usable_path,
+                     workdir_option)
 
 
 @click.command("predict")
@@ -19,7 +20,7 @@ from .common import NOTHING_HALF_WRITTEN, device_option, force_option, handled, 
                    "finetuned-<backbone> (the network `cnnfeat finetune` trained).")
 @workdir_option
 @click.option("--split", default=PredictConfig.split, help="The split to predict.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=writable("--output"),
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=usable_path("--output"),
               help="[default: <workdir>/submission.csv]")
 @click.option("--kaggle-binary", is_flag=True, help="Write id,label with label = probability of the second class.")
 @click.option("--clip", type=setting_type(PredictConfig, "clip"), default=PredictConfig.clip, help="Clip probabilities to [clip, 1-clip] (log-loss safety).")
