@@ -107,6 +107,14 @@ def setting_type(settings: type, name: str) -> click.ParamType:
     return bounds_type(bounds_of(settings, name))
 
 
+def setting_option(flag: str, settings_class: type, *names: str, field: str = "", **kwargs: Any) -> Callable[..., Any]:
+    """An option for a bounded setting, its default and its type (the setting's Bounds) both from the settings
+    dataclass; `field` where the setting's name is not the flag's."""
+    name = field or flag.lstrip("-").replace("-", "_")
+    return click.option(flag, *names, type=setting_type(settings_class, name), default=getattr(settings_class, name),
+                        **kwargs)
+
+
 class NumberList(click.ParamType):
     """A comma list of numbers, each within a setting's Bounds (`--c-grid 0.01,1`; a TOML list too)."""
 

@@ -12,7 +12,7 @@ import click
 from features import DECODERS, DEFAULT_LABEL_PATTERN, POOLS, PRECISIONS, ConfigError, ExtractConfig, PrepareConfig
 
 from .common import (BATCHES_KEPT, EXIT_PROBLEM, NOTHING_HALF_WRITTEN, backbones_option, device_option, force_option,
-                     handled, options, read_workdir_option, seed_option, setting_type, settings, views_option,
+                     handled, options, read_workdir_option, seed_option, setting_option, settings, views_option,
                      usable_path, with_progress, workdir_option)
 
 
@@ -24,14 +24,11 @@ def extract_options(views_default: tuple[str, ...]) -> Callable[..., Any]:
                      help="imagenet: each model's pretrained weights; random: seeded, for smoke runs only; "
                           "or a weights name of the model (IMAGENET1K_V2, see `cnnfeat backbones`)."),
         click.option("--pool", type=click.Choice(POOLS), default=ExtractConfig.pool, help="none stores the whole feature map."),
-        click.option("--image-size", type=setting_type(ExtractConfig, "image_size"), default=ExtractConfig.image_size,
-                     help="Images are resized to this square size [default: 299 for the book's three, else each "
+        setting_option("--image-size", ExtractConfig,
+                       help="Images are resized to this square size [default: 299 for the book's three, else each "
                           "model's own]."),
-        click.option("--batch-size", "extract_batch_size", type=setting_type(ExtractConfig, "batch_size"),
-                     default=ExtractConfig.batch_size,
-                     help="Images per forward pass."),
-        click.option("--workers", type=setting_type(ExtractConfig, "workers"), default=ExtractConfig.workers,
-                     help="Decoding processes [default: from the core count]."),
+        setting_option("--batch-size", ExtractConfig, "extract_batch_size", help="Images per forward pass."),
+        setting_option("--workers", ExtractConfig, help="Decoding processes [default: from the core count]."),
         device_option,
         click.option("--precision", type=click.Choice(PRECISIONS), default=ExtractConfig.precision),
         click.option("--decode", type=click.Choice(DECODERS), default=ExtractConfig.decode,
@@ -111,9 +108,8 @@ def _pairs(pairs: list[tuple[str, str]]) -> str:
 @click.option("--label-column", default=PrepareConfig.label_column, help="The CSV's column of labels.")
 @click.option("--test", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Flat folder of unlabeled images.")
-@click.option("--val-fraction", type=setting_type(PrepareConfig, "val_fraction"), default=PrepareConfig.val_fraction,
-              help="Stratified share of train that becomes valid/ (0: none).")
-@click.option("--seed", type=setting_type(PrepareConfig, "seed"), default=PrepareConfig.seed)
+@setting_option("--val-fraction", PrepareConfig, help="Stratified share of train that becomes valid/ (0: none).")
+@setting_option("--seed", PrepareConfig)
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @handled("nothing was made: --out is as it was")
 def prepare_command(**o: Any) -> None:

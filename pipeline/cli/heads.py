@@ -12,7 +12,7 @@ from features import bounds_of
 
 from ..heads.config import BEST, C_GRID, HeadConfig
 from .common import (NOTHING_HALF_WRITTEN, NumberList, backbones_option, device_option, force_option, handled, options,
-                     seed_option, setting_type, settings, workdir_option)
+                     seed_option, setting_option, settings, workdir_option)
 
 
 head_common_options = options(
@@ -20,10 +20,9 @@ head_common_options = options(
     click.option("--val-split", default=HeadConfig.val_split,
                  help=f"Labeled split to choose and report on; without {HeadConfig.val_split}/, a share of train "
                       f"(--holdout); another name must exist."),
-    click.option("--holdout", type=setting_type(HeadConfig, "holdout"), default=HeadConfig.holdout,
-                 help="Share of train held out when there is no --val-split."),
-    click.option("--folds", type=setting_type(HeadConfig, "folds"), default=HeadConfig.folds,
-                 help="Out-of-fold predictions on train, for calibration and for choosing `best`."),
+    setting_option("--holdout", HeadConfig, help="Share of train held out when there is no --val-split."),
+    setting_option("--folds", HeadConfig,
+                   help="Out-of-fold predictions on train, for calibration and for choosing `best`."),
     click.option("--calibrate/--no-calibrate", default=HeadConfig.calibrate,
                  help="A temperature per model fitted on its out-of-fold predictions."),
     click.option("--select/--no-select", default=HeadConfig.select,
@@ -34,18 +33,17 @@ head_common_options = options(
 probe_options = options(
     click.option("--c-grid", type=NumberList(bounds_of(HeadConfig, "c_grid")), default=",".join(map(str, C_GRID)),
                  help="Inverse L2 strengths (scikit-learn's C) the linear probes are swept over."),
-    click.option("--max-iter", type=setting_type(HeadConfig, "max_iter"), default=HeadConfig.max_iter, help="L-BFGS iterations per C at most."),
+    setting_option("--max-iter", HeadConfig, help="L-BFGS iterations per C at most."),
     click.option("--flip/--no-flip", default=HeadConfig.flip,
                  help="Also train +hflip models (both views, mean of both at prediction) where the cache has them."),
 )
 ensemble_options = options(
-    click.option("--epochs", type=setting_type(HeadConfig, "epochs"), default=HeadConfig.epochs, help="At most; early stopping usually ends sooner."),
-    click.option("--lr", type=setting_type(HeadConfig, "lr"), default=HeadConfig.lr, help="Adam's learning rate."),
-    click.option("--weight-decay", type=setting_type(HeadConfig, "weight_decay"), default=HeadConfig.weight_decay),
-    click.option("--patience", type=setting_type(HeadConfig, "patience"), default=HeadConfig.patience,
-                 help="Epochs without a better validation loss before stopping."),
-    click.option("--dropout", type=setting_type(HeadConfig, "dropout"), default=HeadConfig.dropout),
-    click.option("--hidden", type=setting_type(HeadConfig, "hidden"), default=HeadConfig.hidden, help="The ensemble's shared hidden size."),
+    setting_option("--epochs", HeadConfig, help="At most; early stopping usually ends sooner."),
+    setting_option("--lr", HeadConfig, help="Adam's learning rate."),
+    setting_option("--weight-decay", HeadConfig),
+    setting_option("--patience", HeadConfig, help="Epochs without a better validation loss before stopping."),
+    setting_option("--dropout", HeadConfig),
+    setting_option("--hidden", HeadConfig, help="The ensemble's shared hidden size."),
     click.option("--concat/--no-concat", default=HeadConfig.concat,
                  help="Also a probe on all backbones' features concatenated."),
 )
@@ -53,9 +51,8 @@ ensemble_options = options(
 
 def head_batch_option(*names: str) -> Callable[..., Any]:
     """`run` has --batch-size for extraction, so there the head's is only --head-batch-size."""
-    return click.option("--head-batch-size", *names, "head_batch_size", type=setting_type(HeadConfig, "batch_size"),
-                        default=HeadConfig.batch_size,
-                        help="Rows per Adam step (the three-branch head).")
+    return setting_option("--head-batch-size", HeadConfig, *names, "head_batch_size", field="batch_size",
+                          help="Rows per Adam step (the three-branch head).")
 
 
 def head_config(o: dict[str, Any]) -> HeadConfig:

@@ -10,8 +10,8 @@ import click
 from features import CnnfeatError
 
 from ..config import PredictConfig
-from .common import (NOTHING_HALF_WRITTEN, device_option, force_option, handled, setting_type, settings, usable_path,
-                     workdir_option)
+from .common import (NOTHING_HALF_WRITTEN, device_option, force_option, handled, setting_option, settings,
+                     usable_path, workdir_option)
 
 
 @click.command("predict")
@@ -20,10 +20,10 @@ from .common import (NOTHING_HALF_WRITTEN, device_option, force_option, handled,
                    "finetuned-<backbone> (the network `cnnfeat finetune` trained).")
 @workdir_option
 @click.option("--split", default=PredictConfig.split, help="The split to predict.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=usable_path("--output"),
-              help="[default: <workdir>/submission.csv]")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              callback=usable_path("--output"), help="[default: <workdir>/submission.csv]")
 @click.option("--kaggle-binary", is_flag=True, help="Write id,label with label = probability of the second class.")
-@click.option("--clip", type=setting_type(PredictConfig, "clip"), default=PredictConfig.clip, help="Clip probabilities to [clip, 1-clip] (log-loss safety).")
+@setting_option("--clip", PredictConfig, help="Clip probabilities to [clip, 1-clip] (log-loss safety).")
 @click.option("--tta", is_flag=True, help="finetuned-<backbone>: average each image's and its mirror's probabilities.")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="finetuned-<backbone>: the data folder [default: the one it was trained on].")

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..config import RUN_VIEWS, PredictConfig
-from .common import (BATCHES_KEPT, backbones_option, force_option, handled, setting_type, settings, with_progress,
+from .common import (BATCHES_KEPT, backbones_option, force_option, handled, setting_option, settings, with_progress,
                      workdir_option)
 from .features import extract_config, extract_options, print_extract
 from .heads import after_training, ensemble_options, head_batch_option, head_common_options, head_config, probe_options
@@ -29,7 +29,7 @@ from .predict import print_prediction
 @ensemble_options
 @head_batch_option()
 @click.option("--kaggle-binary", is_flag=True, help="Predict as id,label (two classes).")
-@click.option("--clip", type=setting_type(PredictConfig, "clip"), default=PredictConfig.clip, help="Clip predicted probabilities to [clip, 1-clip].")
+@setting_option("--clip", PredictConfig, help="Clip predicted probabilities to [clip, 1-clip].")
 @force_option
 @handled(BATCHES_KEPT)
 def run_command(backbones: tuple[str, ...], **o: Any) -> None:
