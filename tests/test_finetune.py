@@ -19,7 +19,7 @@ from features import FeatureCache, extract, get_backbone, load_rgb, preprocessin
 from pipeline.cli import main
 from pipeline.config import PredictConfig
 from pipeline.finetune import FinetuneConfig, network_predictions
-from pipeline.finetune.config import CLASSIFIER
+from pipeline.finetune.config import CLASSIFIER as CLASSIFIER_LAYERS
 from pipeline.finetune.network import chosen_blocks, new_model
 from pipeline.finetuned import train as finetune
 from pipeline.predict import predict
@@ -53,15 +53,15 @@ def normalized(paths: list[Path], size: int, mean: tuple, std: tuple) -> torch.T
 
 @pytest.mark.parametrize(("backbone", "head"), [("resnet34", "fc"), ("densenet121", "classifier"), ("inception", "fc"),
                                                ("mobilenet_v3_small", "classifier.3"), ("efficientnet_b0", "classifier.1"),
-                                               ("convnext_tiny", "classifier.2"), ("vit_b_16", "heads")])
+                                               ("convnext_tiny", "classifier.2"), ("vit_b_16", "heads.head")])
 def test_the_default_train_layers_is_the_classifier_of_every_model(backbone: str, head: str) -> None:
     """--train-layers' default names each model's own classifier block, whatever the model calls it."""
-    assert FinetuneConfig.train_layers == CLASSIFIER
+    assert FinetuneConfig.train_layers == CLASSIFIER_LAYERS
     spec = get_backbone(backbone)
     with torch.device("meta"):  # the architecture only: no weights are made
         model = torchvision.models.get_model(spec.builder, num_classes=3)
-    assert chosen_blocks(spec, model, CLASSIFIER) == [head]
-    assert chosen_blocks(spec, model, f"{CLASSIFIER},{head}") == [head]
+    assert chosen_blocks(spec, model, CLASSIFIER_LAYERS) == [head]
+    assert chosen_blocks(spec, model, f"{CLASSIFIER_LAYERS},{head}") == [head]
 
 
 def test_training_lowers_val_loss_and_changes_only_the_named_blocks(digits_folder: Path, tmp_path: Path,

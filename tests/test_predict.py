@@ -106,7 +106,7 @@ def test_a_missing_model_or_split_is_named_with_what_there_is(digits10_workdir):
     with pytest.raises(HeadError, match=r"'Resnet34': there is no such model .* \(did you mean 'resnet34'\?\).*"
                                         r"Models there: resnet34$"):
         predict(PredictConfig(workdir=digits10_workdir, model="Resnet34"))
-    with pytest.raises(HeadError, match=r"cnnfeat train-head .*--backbone resnet34 .*--views hflip"):
+    with pytest.raises(HeadError, match=r"cnnfeat train-head .*--backbone resnet34.*--views hflip"):
         predict(PredictConfig(workdir=digits10_workdir, model="resnet34+hflip"))
     with pytest.raises(HeadError, match=r"`cnnfeat train-head .*` or `cnnfeat ensemble"):
         predict(PredictConfig(workdir=digits10_workdir, model="best"))
