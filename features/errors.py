@@ -7,13 +7,21 @@ callers' code working as before.
 
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 
 class CnnfeatError(Exception):
     """Something the user can fix; the message says how."""
 
 
 class ConfigError(CnnfeatError, ValueError):
-    """A setting has a value cnnfeat cannot use."""
+    """A setting has a value cnnfeat cannot use; `setting` names it (a settings field) when one is to blame,
+    so the CLI can name the option."""
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class DataLayoutError(CnnfeatError, ValueError):
@@ -38,3 +46,10 @@ class MissingInputError(CnnfeatError, FileNotFoundError):
 
 class OutputExistsError(CnnfeatError, FileExistsError):
     """An output is already there and the command was not asked to replace it."""
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """' (did you mean 'valid'?)' for a near miss among the known names, else ''."""
+    by_lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""

@@ -31,7 +31,7 @@ from .config import HFLIP, ExtractConfig, ProgressFn
 from .devices import default_workers, resolve_device
 from .distributed import torchrun_ranks
 from .errors import CacheError, WeightsUnavailableError
-from .folder import DataFolder, Split, scan_data_folder
+from .folder import DataFolder, Split, scan_prepared_folder
 from .images import DecodedBatch, DecodeStream, ImageFiles, collate_decoded, decode_on_device
 from .registry import BackboneSpec, resolve_backbones
 from .files import workdir_lock
@@ -134,7 +134,7 @@ def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractRe
     with torchrun_ranks(resolve_device(cfg.device)) as ranks, ExitStack() as held:
         device = ranks.device(resolve_device(cfg.device))
         ranks.share(lambda: held.enter_context(workdir_lock(cfg.workdir)))
-        plan = ranks.share(lambda: _plan(scan_data_folder(cfg.data), targets, cfg, device, path))
+        plan = ranks.share(lambda: _plan(scan_prepared_folder(cfg.data), targets, cfg, device, path))
         report = ExtractReport(cache=path, up_to_date=plan.up_to_date, main=ranks.main)
         jobs = [job for split_jobs in plan.jobs.values() for job in split_jobs]
         decoded = 0

@@ -35,15 +35,15 @@ def workdir_lock(workdir: Path | str) -> Iterator[None]:
 
     Re-entrant within a process (`run` holds it while its stages take it again). Under torchrun
     every rank runs the same command and rank 0 holds the lock for them all. The lock file is
-    removed on release, and a workdir this call created is removed again if nothing was written
-    to it, so a run that fails early leaves nothing behind.
+    removed on release, and the folders this call created are removed again if nothing was written
+    in them, so a run that fails early leaves nothing behind.
     """
     workdir = Path(workdir)
     key = workdir.resolve()
     if key in _held or _another_torchrun_rank():
         yield
         return
-    created = not workdir.exists()
+    created = [folder for folder in (workdir, *workdir.parents) if not folder.exists()]  # innermost first
     workdir.mkdir(parents=True, exist_ok=True)
     lock = workdir / LOCK_NAME
     try:
@@ -58,8 +58,9 @@ def workdir_lock(workdir: Path | str) -> Iterator[None]:
                 _held.discard(key)
                 lock.unlink(missing_ok=True)  # while still locked: nobody can take a lock on it meanwhile
     finally:
-        if created and workdir.is_dir() and not any(workdir.iterdir()):
-            workdir.rmdir()
+        for folder in created:  # the folders this call made, while nothing was written in them
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def writes_workdir(stage: Stage) -> Stage:

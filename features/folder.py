@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import DEFAULT_TRAIN_SPLIT
 from .errors import DataLayoutError
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,27 @@ def scan_data_folder(root: str | Path) -> DataFolder:
             f"no images found under {root}; expected split folders such as train/<class>/*.jpg and test/*.jpg"
         )
     return DataFolder(root, classes, dict(sorted(splits.items())))
+
+
+def scan_prepared_folder(root: str | Path, train_split: str = DEFAULT_TRAIN_SPLIT) -> DataFolder:
+    """scan_data_folder, refusing a folder without any labeled split: what extraction is given when --data is a
+    raw download (a flat train/) or one level too deep (class folders read as unlabeled splits), whose features
+    nothing could be trained on."""
+    folder = scan_data_folder(root)
+    if any(split.labeled for split in folder.splits.values()):
+        return folder
+    prepare = (f"`cnnfeat prepare --train <flat folder> --label-from-name --out <new folder>` (or --labels CSV) makes "
+               f"the split layout train/<class>/, valid/<class>/, test/ from a raw download")
+    if train_split in folder.splits:
+        test = f" --test {folder.root / 'test'}" if "test" in folder.splits else ""
+        raise DataLayoutError(f"--data {folder.root}: {train_split}/ holds its images directly, not in one folder per "
+                              f"class, so nothing is labeled: it looks like a raw download. Make the split layout "
+                              f"with `cnnfeat prepare --train {folder.root / train_split}{test} --label-from-name "
+                              f"--out {folder.root}-prepared` (labels from names like cat.0.jpg; --labels CSV for a "
+                              f"table of labels), then pass --data {folder.root}-prepared")
+    raise DataLayoutError(f"--data {folder.root}: no split is labeled; its subfolders {', '.join(folder.splits)} "
+                          f"hold images directly, so if they are classes, --data is one level too deep: pass the "
+                          f"folder that holds {train_split}/<class>/ (and valid/, test/). Otherwise {prepare}")
 
 
 def _agreed_classes(root: Path, labeled: dict[str, dict[str, list[str]]]) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Iterable
 
-from .errors import CacheError, DataLayoutError
+from .errors import CacheError, DataLayoutError, did_you_mean
 from .folder import DataFolder, scan_data_folder
 from .registry import BOOK
 from .store import FeatureCache
@@ -20,8 +20,14 @@ log = logging.getLogger(__name__)
 
 
 def check_fresh(cache: FeatureCache, splits: Iterable[str]) -> None:
-    """Raise a CacheError naming the command to run when a split's files changed since extraction."""
-    root = Path(cache.data_root)
+    """Raise a CacheError naming the command to run when a split's files changed since extraction, or when the
+    cache has no such split at all."""
+    root, splits = Path(cache.data_root), list(splits)
+    for split in splits:
+        if split not in cache.splits:
+            raise CacheError(f"{cache.path} has no split {split!r}{did_you_mean(split, cache.splits)} (it has "
+                             f"{', '.join(cache.splits)}); name one of those with --split, or if {root / split}/ was added since, "
+                             f"run `cnnfeat extract --data {root} --workdir {cache.path.parent}` first")
     if not root.is_dir():
         log.debug("data folder %s is not reachable; trusting the cache as it is", root)
         return

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, DataLayoutError, MissingInputError, OutputExistsError
-from .config import DEFAULT_SEED
+from .config import DEFAULT_SEED, SEED, Bounds, bounded, check_bounds
 from .folder import IMAGE_EXTENSIONS
 from .splits import stratified_holdout
 
@@ -40,22 +40,35 @@ class PrepareConfig:
     id_column: str = "id"  # matched against the file name, with or without its extension
     label_column: str = "label"
     test: Path | None = None  # a flat folder of unlabeled images
-    val_fraction: float = 0.08  # the book's Dogs vs Cats: 2,000 of 25,000 images
-    seed: int = DEFAULT_SEED
+    val_fraction: float = bounded(0.08, Bounds(0, 1, high_open=True))  # the book's Dogs vs Cats: 2,000 of 25,000
+    seed: int = bounded(DEFAULT_SEED, SEED)
     force: bool = False  # replace an existing `out`
 
     def __post_init__(self) -> None:
         self.train, self.out = Path(self.train), Path(self.out)
         if (self.label_pattern is None) == (self.labels is None):
-            raise ConfigError("give exactly one source of labels: --label-from-name [PATTERN] or --labels CSV")
-        if self.label_pattern is not None and re.compile(self.label_pattern).groups < 1:
-            raise ConfigError(f"the label pattern {self.label_pattern!r} needs a group, as in {DEFAULT_LABEL_PATTERN!r}")
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"val_fraction must be in [0, 1), not {self.val_fraction}")
+            raise ConfigError("give exactly one source of labels: --label-from-name [PATTERN] or --labels CSV",
+                              setting="label_pattern")
+        if self.label_pattern is not None:
+            label_regex(self.label_pattern)
+        check_bounds(self)
         for name in ("train", "test", "labels"):
             value = getattr(self, name)
             if value is not None and not Path(value).exists():
                 raise MissingInputError(f"--{name} {value} does not exist")
+
+
+def label_regex(pattern: str) -> re.Pattern[str]:
+    """The compiled --label-from-name pattern; a ConfigError when it is no regex or has no group for the label."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise ConfigError(f"--label-from-name {pattern!r} is not a regular expression ({err}); the default "
+                          f"{DEFAULT_LABEL_PATTERN!r} reads cat.0.jpg as cat", setting="label_pattern") from None
+    if regex.groups < 1:
+        raise ConfigError(f"--label-from-name {pattern!r} needs a (group) that captures the label, as in "
+                          f"{DEFAULT_LABEL_PATTERN!r}", setting="label_pattern")
+    return regex
 
 
 @dataclass
@@ -78,7 +91,8 @@ def prepare(cfg: PrepareConfig) -> PrepareReport:
         labels = _labels_from_csv(images, cfg, report)
     report.classes = sorted(set(labels.values()))
     if not labels:
-        raise DataLayoutError(f"no image in {cfg.train} got a label; see the problems above, or check the pattern/CSV")
+        raise DataLayoutError(f"no image of the {len(images)} in {cfg.train} got a label: {_examples(report.problems)}; "
+                              f"{_label_source_hint(cfg)}")
     names = sorted(labels)
     splits = {"train": names, "valid": []}
     if cfg.val_fraction:
@@ -103,6 +117,19 @@ def prepare(cfg: PrepareConfig) -> PrepareReport:
     return report
 
 
+def _examples(problems: list[tuple[str, str, str]]) -> str:
+    """The first few problems, as one clause: their items, and what was wrong with the first."""
+    items = ", ".join(item for _, item, _ in problems[:3]) + (f", ... ({len(problems)} in all)" if len(problems) > 3 else "")
+    return f"{items} ({problems[0][2]})" if problems else "no row or file to read"
+
+
+def _label_source_hint(cfg: PrepareConfig) -> str:
+    if cfg.label_pattern is not None:
+        return (f"give --label-from-name a regex whose first group is the label in these names (the default "
+                f"{DEFAULT_LABEL_PATTERN!r} reads cat.0.jpg as cat), or --labels CSV")
+    return f"check that --id-column {cfg.id_column!r} holds these file names (with or without extension)"
+
+
 def _images(folder: Path) -> dict[str, Path]:
     """File name -> path of every visible image directly in the folder."""
     found = {p.name: p.resolve() for p in sorted(Path(folder).iterdir())
@@ -119,7 +146,7 @@ def _usable_label(label: str) -> bool:
 
 def _labels_from_names(images: dict[str, Path], pattern: str, report: PrepareReport) -> dict[str, str]:
     labels = {}
-    regex = re.compile(pattern)
+    regex = label_regex(pattern)
     for name in images:
         match = regex.search(name)
         if match is None:

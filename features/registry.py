@@ -18,7 +18,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 TIMM_PREFIX = "timm:"
 
@@ -136,8 +136,9 @@ def _torchvision_spec(name: str) -> BackboneSpec:
     available = torchvision_models()
     if name not in available:
         book = ", ".join(f"{s.name} ({', '.join(s.aliases)})" for s in BOOK.values())
+        known = [*available, *BOOK, *(alias for s in BOOK.values() for alias in s.aliases)]
         raise ConfigError(
-            f"unknown backbone {name!r}; use one of the book's {book}, 'all' for those three, any torchvision "
+            f"unknown backbone {name!r}{did_you_mean(name, known)}; use one of the book's {book}, 'all' for those three, any torchvision "
             f"classification model ({len(available)}, e.g. convnext_tiny, efficientnet_v2_s, vit_b_16; "
             f"`cnnfeat backbones` lists them), or timm:<model name> with timm installed"
         )

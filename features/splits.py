@@ -17,7 +17,8 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import DataLayoutError
+from .config import DEFAULT_VAL_SPLIT
+from .errors import DataLayoutError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,11 @@ class ValidationPlan:
 
 def validation_plan(labeled: Mapping[str, bool], train_split: str, val_split: str, holdout: float,
                     seed: int) -> ValidationPlan:
-    """The plan for splits {name: labeled}: refuses an unlabeled or missing training split and an unlabeled
-    validation split, whose labels could not judge anything."""
+    """The plan for splits {name: labeled}: refuses an unlabeled or missing training split, an unlabeled
+    validation split, whose labels could not judge anything, and a validation split named otherwise than the
+    default that does not exist (a typo must not quietly become a holdout)."""
     if not labeled.get(train_split, False):
-        what = "has no class folders" if train_split in labeled else "does not exist"
+        what = "has no class folders" if train_split in labeled else f"does not exist{did_you_mean(train_split, labeled)}"
         raise DataLayoutError(f"there is no labeled {train_split}/ split to train on ({train_split!r} {what}; splits: "
                               f"{', '.join(labeled) or 'none'}); a labeled split has one folder of images per class, "
                               f"and `cnnfeat prepare` makes one from a Kaggle download")
@@ -53,6 +55,11 @@ def validation_plan(labeled: Mapping[str, bool], train_split: str, val_split: st
             raise DataLayoutError(f"split {val_split!r} has no labels (no class folders); a validation split needs "
                                   f"them (or remove it, and {holdout:.0%} of {train_split!r} is held out instead)")
         return ValidationPlan(train_split, val_split, None, seed, val_split)
+    if val_split != DEFAULT_VAL_SPLIT:
+        raise DataLayoutError(f"--val-split {val_split!r} does not exist{did_you_mean(val_split, labeled)} (splits: "
+                              f"{', '.join(labeled)}); name a labeled split, or leave --val-split out: then "
+                              f"{DEFAULT_VAL_SPLIT}/ is used, or {holdout:.0%} of {train_split!r} held out when there "
+                              f"is none")
     return ValidationPlan(train_split, train_split, holdout, seed,
                           f"{train_split} (a stratified {holdout:.0%} held out, seed {seed}; "
                           f"there is no {val_split!r} split)")

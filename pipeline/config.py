@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from features import DEFAULT_DEVICE, DEFAULT_WORKDIR, HFLIP, ConfigError
+from features import DEFAULT_DEVICE, DEFAULT_WORKDIR, DEVICES, HFLIP, Bounds, bounded, check_bounds, require_choices
 
 from .heads.config import BEST
 
@@ -22,7 +22,7 @@ class PredictConfig:
     split: str = "test"
     output: Path | None = None  # default: <workdir>/submission.csv
     kaggle_binary: bool = False  # Dogs vs Cats Redux: id,label = probability of the second class
-    clip: float | None = None  # keep probabilities in [clip, 1 - clip]: log loss punishes certainty hard
+    clip: float | None = bounded(None, Bounds(0, 0.5, high_open=True))  # keep probabilities in [clip, 1 - clip]: log loss punishes certainty hard
     tta: bool = False  # finetuned models: average the image's and its mirror's probabilities
     data: Path | None = None  # finetuned models decode images: default, the folder they were trained on
     device: str = DEFAULT_DEVICE
@@ -32,5 +32,5 @@ class PredictConfig:
         self.workdir = Path(self.workdir)
         self.data = Path(self.data) if self.data is not None else None
         self.output = Path(self.output) if self.output is not None else self.workdir / "submission.csv"
-        if self.clip is not None and not 0 <= self.clip < 0.5:
-            raise ConfigError(f"clip must be in [0, 0.5), not {self.clip}")
+        check_bounds(self)
+        require_choices(self, device=DEVICES)

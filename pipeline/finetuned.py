@@ -14,7 +14,7 @@ import numpy as np
 
 from features import DEFAULT_DEVICE, ConfigError, ProgressFn, get_backbone, writes_workdir
 
-from .finetune.config import FINETUNED_PREFIX, FinetuneConfig, checkpoint_file, finetuned_dir
+from .finetune.config import FINETUNED_PREFIX, FinetuneConfig, checkpoint_file, finetuned_dir, model_name
 from .outputs import Probabilities, metrics_dir, write_model_outputs, write_summary
 
 if TYPE_CHECKING:
@@ -58,6 +58,11 @@ def checkpoint(workdir: Path, model: str) -> Path:
         raise ConfigError(f"no fine-tuned {backbone or 'network'} in {finetuned_dir(workdir)}; run `cnnfeat finetune "
                           f"--backbone {backbone or '<name>'} --workdir {workdir}` first")
     return path
+
+
+def trained_models(workdir: Path) -> list[str]:
+    """The `finetuned-<backbone>` models the workdir has a checkpoint of."""
+    return sorted(model_name(path.stem) for path in finetuned_dir(workdir).glob("*.pt"))
 
 
 def staleness(workdir: Path, model: str) -> str:

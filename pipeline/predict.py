@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from features import (ConfigError, FeatureCache, accuracy, atomic_output, cache_path, check_fresh, log_loss,
-                      scan_data_folder, writes_workdir)
+from features import (ConfigError, FeatureCache, accuracy, atomic_output, cache_path, check_fresh, did_you_mean,
+                      log_loss, scan_data_folder, writes_workdir)
 
 from . import finetuned
 from .config import PredictConfig
+from .heads.config import BEST, CONCAT, ENSEMBLE, FLIP_SUFFIX
 from .heads.status import heads_dir
 from .outputs import Probabilities, submission_frame
 
@@ -44,9 +45,30 @@ def _model_file(cfg: PredictConfig) -> Path:
     """The file the model is: a fine-tuned network's checkpoint, or heads/<model>.pt; it must exist."""
     if finetuned.is_finetuned(cfg.model):
         return finetuned.checkpoint(cfg.workdir, cfg.model)
-    from .heads.models import saved_model
+    from .heads import HeadError
 
-    return saved_model(heads_dir(cfg.workdir) / f"{cfg.model}.pt")
+    path = heads_dir(cfg.workdir) / f"{cfg.model}.pt"
+    if not path.exists():
+        raise HeadError(_missing_model(cfg))
+    return path
+
+
+def _missing_model(cfg: PredictConfig) -> str:
+    """Which models there are, and what makes the one asked for."""
+    there = sorted(p.stem for p in heads_dir(cfg.workdir).glob("*.pt")) + finetuned.trained_models(cfg.workdir)
+    base = cfg.model.removesuffix(FLIP_SUFFIX)
+    workdir = f"--workdir {cfg.workdir}"
+    if base == BEST:
+        how = f"`cnnfeat train-head {workdir}` or `cnnfeat ensemble {workdir}` builds it"
+    elif base in (ENSEMBLE, CONCAT):
+        how = f"`cnnfeat ensemble {workdir}` builds it (two or more backbones)"
+    else:
+        how = f"`cnnfeat train-head {workdir} --backbone {base}` trains it on features `cnnfeat extract` stored"
+    if cfg.model.endswith(FLIP_SUFFIX):
+        how += " with mirrored views: `cnnfeat extract ... --views hflip` first (`cnnfeat run` stores them)"
+    listed = ", ".join(there) if there else "none yet"
+    return (f"--model {cfg.model!r}: there is no such model in {cfg.workdir}{did_you_mean(cfg.model, there)}; "
+            f"{how}. Models there: {listed}")
 
 
 def _submission_key(cfg: PredictConfig, data: Path | None) -> str:

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 from features import (ConfigError, DataLayoutError, ExtractConfig, ExtractReport, ProgressFn, extract,
-                      resolve_backbones, scan_data_folder, validation_plan, writes_workdir)
+                      resolve_backbones, scan_prepared_folder, validation_plan, writes_workdir)
 
 from .config import PredictConfig
 from .heads import (BEST, ENSEMBLE, HeadConfig, TrainResult, select_best, train_concat, train_ensemble,
@@ -35,7 +35,7 @@ class RunReport:
 def check_run(extract_cfg: ExtractConfig, head_cfg: HeadConfig, predict_cfg: PredictConfig) -> bool:
     """Refuse now what would fail after extraction; True when there is an unlabeled split to predict."""
     resolve_backbones(extract_cfg.backbones)
-    folder = scan_data_folder(extract_cfg.data)
+    folder = scan_prepared_folder(extract_cfg.data, head_cfg.train_split)
     plan = validation_plan({name: split.labeled for name, split in folder.splits.items()}, head_cfg.train_split,
                            head_cfg.val_split, head_cfg.holdout, head_cfg.seed)
     if len(folder.classes) < 2:

@@ -19,7 +19,8 @@ from features import FeatureCache, extract, get_backbone, load_rgb, preprocessin
 from pipeline.cli import main
 from pipeline.config import PredictConfig
 from pipeline.finetune import FinetuneConfig, network_predictions
-from pipeline.finetune.network import new_model
+from pipeline.finetune.config import CLASSIFIER as CLASSIFIER_LAYERS
+from pipeline.finetune.network import chosen_blocks, new_model
 from pipeline.finetuned import train as finetune
 from pipeline.predict import predict
 from pipeline.status import staleness
@@ -48,6 +49,19 @@ def classifier_inputs(model: torch.nn.Module, layer: str, images: torch.Tensor) 
 def normalized(paths: list[Path], size: int, mean: tuple, std: tuple) -> torch.Tensor:
     images = torch.stack([load_rgb(p, size) for p in paths]).float() / 255
     return (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+@pytest.mark.parametrize(("backbone", "head"), [("resnet34", "fc"), ("densenet121", "classifier"), ("inception", "fc"),
+                                               ("mobilenet_v3_small", "classifier.3"), ("efficientnet_b0", "classifier.1"),
+                                               ("convnext_tiny", "classifier.2"), ("vit_b_16", "heads.head")])
+def test_the_default_train_layers_is_the_classifier_of_every_model(backbone: str, head: str) -> None:
+    """--train-layers' default names each model's own classifier block, whatever the model calls it."""
+    assert FinetuneConfig.train_layers == CLASSIFIER_LAYERS
+    spec = get_backbone(backbone)
+    with torch.device("meta"):  # the architecture only: no weights are made
+        model = torchvision.models.get_model(spec.builder, num_classes=3)
+    assert chosen_blocks(spec, model, CLASSIFIER_LAYERS) == [head]
+    assert chosen_blocks(spec, model, f"{CLASSIFIER_LAYERS},{head}") == [head]
 
 
 def test_training_lowers_val_loss_and_changes_only_the_named_blocks(digits_folder: Path, tmp_path: Path,

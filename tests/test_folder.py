@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from features import DataLayoutError, scan_data_folder
+from features import DataLayoutError, scan_data_folder, scan_prepared_folder
 
 
 def _jpeg(path: Path, color=(200, 30, 30), size=(40, 30)) -> Path:
@@ -83,3 +83,18 @@ def test_fingerprint_follows_file_changes(tmp_path):
     after = scan_data_folder(tmp_path)
     assert after.fingerprint("train") != train
     assert after.fingerprint("test") == test
+
+
+def test_a_folder_without_a_labeled_split_is_refused_with_what_to_run(tmp_path):
+    """A raw download (flat train/) or class folders given as the data folder: the prepare command, not silence."""
+    for name in ("train/cat.0.jpg", "train/dog.1.jpg", "test/1.jpg"):
+        (tmp_path / "raw" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "raw" / name)
+    with pytest.raises(DataLayoutError, match=f"cnnfeat prepare --train {tmp_path / 'raw' / 'train'} --test"):
+        scan_prepared_folder(tmp_path / "raw")
+    (tmp_path / "classes" / "cat").mkdir(parents=True)
+    (tmp_path / "classes" / "dog").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "classes" / "cat" / "1.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "classes" / "dog" / "2.jpg")
+    with pytest.raises(DataLayoutError, match="subfolders cat, dog hold images directly.*one level too deep"):
+        scan_prepared_folder(tmp_path / "classes")

@@ -101,6 +101,20 @@ def test_every_file_gets_a_row_and_an_undecodable_one_the_class_frequencies(digi
     assert len(pd.read_csv(tmp_path / "again.csv")) == 7
 
 
+def test_a_missing_model_or_split_is_named_with_what_there_is(digits10_workdir):
+    train_linear_heads(HeadConfig(workdir=digits10_workdir, c_grid=(1.0,), folds=2, max_iter=50, flip=False), ["resnet34"])
+    with pytest.raises(HeadError, match=r"'Resnet34': there is no such model .* \(did you mean 'resnet34'\?\).*"
+                                        r"Models there: resnet34$"):
+        predict(PredictConfig(workdir=digits10_workdir, model="Resnet34"))
+    with pytest.raises(HeadError, match=r"cnnfeat train-head .*--backbone resnet34.*--views hflip"):
+        predict(PredictConfig(workdir=digits10_workdir, model="resnet34+hflip"))
+    with pytest.raises(HeadError, match=r"`cnnfeat train-head .*` or `cnnfeat ensemble"):
+        predict(PredictConfig(workdir=digits10_workdir, model="best"))
+    with pytest.raises(CacheError, match=r"has no split 'nosplit' \(it has holdout, test, train, valid\).*--split"):
+        predict(PredictConfig(workdir=digits10_workdir, model="resnet34", split="nosplit"))
+    assert not (digits10_workdir / "submission.csv").exists()
+
+
 def test_model_and_cache_must_agree(digits10_workdir):
     train_ensemble(HeadConfig(workdir=digits10_workdir, epochs=2, **QUICK))
     with pytest.raises(HeadError, match="cnnfeat train-head"):

@@ -113,3 +113,14 @@ def test_force_replaces_an_out_that_is_a_symbolic_link_and_leaves_its_target(dig
     assert (tmp_path / "data").is_dir() and not (tmp_path / "data").is_symlink()
     assert sorted(scan_data_folder(tmp_path / "data").splits) == ["train", "valid"]
     assert (target / "keep.txt").exists() and not list(tmp_path.glob("*.old")) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_no_name_matching_the_pattern_is_a_message_with_the_names_and_the_fix(tmp_path):
+    (tmp_path / "raw").mkdir()
+    for name in ("1.jpg", "2.jpg"):
+        (tmp_path / "raw" / name).write_bytes(b"")
+    result = CliRunner().invoke(main, ["prepare", "--train", str(tmp_path / "raw"), "--out", str(tmp_path / "out"),
+                                       "--label-from-name"])
+    assert result.exit_code == 1 and "1.jpg, 2.jpg (the name does not match" in result.output
+    assert "give --label-from-name a regex" in result.output and "problems above" not in result.output
+    assert not (tmp_path / "out").exists()

@@ -50,3 +50,12 @@ def test_a_train_split_too_small_to_hold_out_from_is_refused():
     plan = validation_plan({"train": True}, "train", "valid", 0.1, 0)
     with pytest.raises(DataLayoutError, match="too small"):
         plan.held_out(np.array([0, 1]))
+
+
+def test_a_validation_split_named_otherwise_than_the_default_must_exist():
+    """A typo must not quietly become a holdout; without valid/ the default still falls back to one."""
+    with pytest.raises(DataLayoutError, match=r"--val-split 'validation' does not exist \(did you mean 'valid'\?\)"):
+        validation_plan({"train": True, "valid": True}, "train", "validation", 0.1, 0)
+    assert validation_plan({"train": True, "test": False}, "train", "valid", 0.1, 0).holdout == 0.1
+    with pytest.raises(DataLayoutError, match=r"'trian' does not exist \(did you mean 'train'\?\)"):
+        validation_plan({"train": True}, "trian", "valid", 0.1, 0)

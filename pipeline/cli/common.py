@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
 import os
 import sys
+import tempfile
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import click
 
-from features import (ALL_BACKBONES, DEFAULT_DEVICE, DEFAULT_SEED, DEFAULT_WORKDIR, DEVICES, VIEWS, CnnfeatError,
-                      WorkdirBusyError)
+from features import (ALL_BACKBONES, DEFAULT_DEVICE, DEFAULT_SEED, DEFAULT_WORKDIR, DEVICES, SEED, VIEWS, Bounds,
+                      CnnfeatError, ConfigError, WorkdirBusyError, bounds_of)
+
+Settings = TypeVar("Settings")
 
 # Exit statuses (README: "Exit status"): one meaning each, so scripts can act on them.
 EXIT_PROBLEM = 1  # something to fix; the message says what and which command to run
-# 2: a bad option or argument, refused by click before the command runs
+EXIT_USAGE = 2  # a bad option value or argument: refused before any work starts (click's usage error)
 EXIT_BUSY = 3  # another cnnfeat process holds the workdir: retrying later can work
 EXIT_INTERNAL = 70  # a bug in cnnfeat (EX_SOFTWARE): the traceback is printed
 EXIT_INTERRUPTED = 130
@@ -34,6 +38,8 @@ def handled(kept: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return command(*args, **kwargs)
+            except click.ClickException:  # a usage error found while reading the settings: click reports it
+                raise
             except CnnfeatError as err:
                 click.secho(f"error: {err}", fg="red", err=True)
                 sys.exit(EXIT_BUSY if isinstance(err, WorkdirBusyError) else EXIT_PROBLEM)
@@ -80,13 +86,94 @@ def options(*decorators: Callable[..., Any]) -> Callable[..., Any]:
     return apply
 
 
-def floats(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[float, ...]:
-    if isinstance(value, (list, tuple)):
-        return tuple(float(v) for v in value)
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange, which lets NaN through any bound and infinity through an open end, refusing both."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def bounds_type(bounds: Bounds) -> click.ParamType:
+    """The option type of a setting's Bounds: the option parser refuses what the settings dataclass would."""
+    kind = click.IntRange if bounds.integer else FiniteFloatRange
+    return kind(bounds.low, bounds.high, min_open=bounds.low_open, max_open=bounds.high_open)
+
+
+def setting_type(settings: type, name: str) -> click.ParamType:
+    """The option type of a settings dataclass's bounded field (its Bounds, see features.config)."""
+    return bounds_type(bounds_of(settings, name))
+
+
+def setting_option(flag: str, settings_class: type, *names: str, field: str = "", **kwargs: Any) -> Callable[..., Any]:
+    """An option for a bounded setting, its default and its type (the setting's Bounds) both from the settings
+    dataclass; `field` where the setting's name is not the flag's."""
+    name = field or flag.lstrip("-").replace("-", "_")
+    return click.option(flag, *names, type=setting_type(settings_class, name), default=getattr(settings_class, name),
+                        **kwargs)
+
+
+class NumberList(click.ParamType):
+    """A comma list of numbers, each within a setting's Bounds (`--c-grid 0.01,1`; a TOML list too)."""
+
+    name = "numbers"
+
+    def __init__(self, bounds: Bounds) -> None:
+        self.number = bounds_type(bounds)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):  # already converted (a default)
+            return value
+        items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
+        if not items:
+            self.fail(f"{value!r} holds no number; give a comma list such as 0.01,1", param, ctx)
+        return tuple(self.number.convert(item, param, ctx) for item in items)
+
+
+def settings(settings_class: Callable[..., Settings], **values: Any) -> Settings:
+    """The command's options as its settings dataclass, built before any stage code (and torch) is imported:
+    a value its rules refuse is a bad option value, exit 2, naming the option."""
     try:
-        return tuple(float(v) for v in str(value).split(","))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma list of numbers") from None
+        return settings_class(**values)
+    except ConfigError as err:
+        ctx = click.get_current_context()
+        param = next((p for p in ctx.command.params if p.name == err.setting), None)
+        raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+
+
+def _unusable_path(path: Path, what: str, write: bool) -> str:
+    """'' when path can be used (with write: made and written), else why not: a name the system refuses (too long),
+    a file where a folder must be, or a folder nothing can be made in (read-only, /proc). Writing is tried with a
+    temporary folder, removed at once: permissions alone do not tell, for root or on special file systems."""
+    existing = path.absolute()
+    try:
+        try:
+            os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):  # not there yet, or under a file: found below
+            pass
+        while not existing.is_dir() and existing != existing.parent:
+            if existing.exists() and existing != path.absolute():
+                return f"{existing} is a file, so the {what} {path} cannot be made there; choose another path"
+            existing = existing.parent
+        if write:
+            os.rmdir(tempfile.mkdtemp(prefix=".cnnfeat-probe-", dir=existing))
+    except OSError as err:
+        return f"the {what} {path} cannot be used ({err.strerror} in {existing}); choose another path"
+    return ""
+
+
+def usable_path(what: str, write: bool = True) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A callback refusing a path the command could not use: an output that cannot be written (a file as a
+    parent, a read-only folder), or any path the system refuses (a name too long)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None and (why := _unusable_path(Path(value), what, write)):
+            raise click.BadParameter(why, ctx=ctx, param=param)
+        return value
+
+    return check
 
 
 def parse_views(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[str, ...]:
@@ -108,11 +195,16 @@ def backbones_option(flag: str, help: str) -> Callable[..., Any]:
     return click.option(flag, "backbones", multiple=True, default=ALL_BACKBONES, help=help)
 
 
+WORKDIR_HELP = "Where features.h5 and everything after it live."
 workdir_option = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_WORKDIR,
-                              help="Where features.h5 and everything after it live.")
+                              callback=usable_path("workdir"), help=WORKDIR_HELP)
+read_workdir_option = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+                                   default=DEFAULT_WORKDIR, callback=usable_path("workdir", write=False),
+                                   help=WORKDIR_HELP)
 force_option = click.option("--force", is_flag=True, help="Redo even what is up to date.")
 device_option = click.option("--device", type=click.Choice(DEVICES), default=DEFAULT_DEVICE)
-seed_option = click.option("--seed", type=int, default=DEFAULT_SEED, help="Seed of --weights random, splits and heads.")
+seed_option = click.option("--seed", type=bounds_type(SEED), default=DEFAULT_SEED,
+                           help="Seed of --weights random, splits and heads.")
 
 
 def _progress(prefix: str) -> Any:

@@ -9,10 +9,11 @@ from typing import Any, Callable
 
 import click
 
-from features import DECODERS, DEFAULT_LABEL_PATTERN, POOLS, PRECISIONS, ExtractConfig, PrepareConfig
+from features import DECODERS, DEFAULT_LABEL_PATTERN, POOLS, PRECISIONS, ConfigError, ExtractConfig, PrepareConfig
 
 from .common import (BATCHES_KEPT, EXIT_PROBLEM, NOTHING_HALF_WRITTEN, backbones_option, device_option, force_option,
-                     handled, options, seed_option, views_option, with_progress, workdir_option)
+                     handled, options, read_workdir_option, seed_option, setting_option, settings, views_option,
+                     usable_path, with_progress, workdir_option)
 
 
 def extract_options(views_default: tuple[str, ...]) -> Callable[..., Any]:
@@ -23,13 +24,11 @@ def extract_options(views_default: tuple[str, ...]) -> Callable[..., Any]:
                      help="imagenet: each model's pretrained weights; random: seeded, for smoke runs only; "
                           "or a weights name of the model (IMAGENET1K_V2, see `cnnfeat backbones`)."),
         click.option("--pool", type=click.Choice(POOLS), default=ExtractConfig.pool, help="none stores the whole feature map."),
-        click.option("--image-size", type=int, default=ExtractConfig.image_size,
-                     help="Images are resized to this square size [default: 299 for the book's three, else each "
+        setting_option("--image-size", ExtractConfig,
+                       help="Images are resized to this square size [default: 299 for the book's three, else each "
                           "model's own]."),
-        click.option("--batch-size", "extract_batch_size", type=int, default=ExtractConfig.batch_size,
-                     help="Images per forward pass."),
-        click.option("--workers", type=int, default=ExtractConfig.workers,
-                     help="Decoding processes [default: from the core count]."),
+        setting_option("--batch-size", ExtractConfig, "extract_batch_size", help="Images per forward pass."),
+        setting_option("--workers", ExtractConfig, help="Decoding processes [default: from the core count]."),
         device_option,
         click.option("--precision", type=click.Choice(PRECISIONS), default=ExtractConfig.precision),
         click.option("--decode", type=click.Choice(DECODERS), default=ExtractConfig.decode,
@@ -42,7 +41,7 @@ def extract_options(views_default: tuple[str, ...]) -> Callable[..., Any]:
 def extract_config(o: dict[str, Any], backbones: tuple[str, ...]) -> ExtractConfig:
     """The command's options as extraction settings (--batch-size is extract_batch_size: `run` has a head's too)."""
     given = {**o, "backbones": backbones, "batch_size": o["extract_batch_size"]}
-    return ExtractConfig(**{f.name: given[f.name] for f in fields(ExtractConfig) if f.name in given})
+    return settings(ExtractConfig, **{f.name: given[f.name] for f in fields(ExtractConfig) if f.name in given})
 
 
 @click.command("extract")
@@ -54,9 +53,10 @@ def extract_config(o: dict[str, Any], backbones: tuple[str, ...]) -> ExtractConf
 @handled(BATCHES_KEPT)
 def extract_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 1: decode every image once, run the frozen backbones, cache the features in HDF5."""
+    cfg = extract_config(o, backbones)
     from features import extract
 
-    report = with_progress(lambda progress: extract(extract_config(o, backbones), progress=progress))
+    report = with_progress(lambda progress: extract(cfg, progress=progress))
     if report.main:  # under torchrun, rank 0 speaks for all
         print_extract(report)
 
@@ -77,6 +77,16 @@ def print_extract(report: Any) -> None:
         click.echo(f"Already up to date: {_pairs(report.up_to_date)}.")
 
 
+def label_pattern(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--label-from-name's regex, refused by the option parser when it cannot give a label (features.prepare's rule)."""
+    from features import label_regex
+
+    try:
+        return value if value is None else label_regex(value).pattern
+    except ConfigError as err:
+        raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+
+
 def _pairs(pairs: list[tuple[str, str]]) -> str:
     by_split: dict[str, list[str]] = {}
     for split, backbone in pairs:
@@ -87,8 +97,10 @@ def _pairs(pairs: list[tuple[str, str]]) -> str:
 @click.command("prepare")
 @click.option("--train", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="Flat folder of labeled images, as Kaggle ships train/.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="The split layout to create (symlinks).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, callback=usable_path("--out folder"),
+              help="The split layout to create (symlinks).")
 @click.option("--label-from-name", "label_pattern", is_flag=False, flag_value=DEFAULT_LABEL_PATTERN, default=None,
+              callback=label_pattern,
               help=f"Label = first group of this regex on the file name [flag alone: {DEFAULT_LABEL_PATTERN}].")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="CSV with an id and a label column.")
@@ -96,15 +108,16 @@ def _pairs(pairs: list[tuple[str, str]]) -> str:
 @click.option("--label-column", default=PrepareConfig.label_column, help="The CSV's column of labels.")
 @click.option("--test", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Flat folder of unlabeled images.")
-@click.option("--val-fraction", type=float, default=PrepareConfig.val_fraction, help="Stratified share of train that becomes valid/ (0: none).")
-@click.option("--seed", type=int, default=PrepareConfig.seed)
+@setting_option("--val-fraction", PrepareConfig, help="Stratified share of train that becomes valid/ (0: none).")
+@setting_option("--seed", PrepareConfig)
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @handled("nothing was made: --out is as it was")
 def prepare_command(**o: Any) -> None:
     """Turn a raw Kaggle download into train/<class>/, valid/<class>/ and test/, without copying images."""
+    cfg = settings(PrepareConfig, **o)
     from features import PROBLEMS_FILE, prepare
 
-    report = prepare(PrepareConfig(**o))
+    report = prepare(cfg)
     counts = ", ".join(f"{split} {n}" for split, n in report.counts.items())
     click.echo(f"{report.out}: {counts} images, {len(report.classes)} classes ({', '.join(report.classes[:10])}"
                f"{', ...' if len(report.classes) > 10 else ''})")
@@ -116,7 +129,7 @@ def prepare_command(**o: Any) -> None:
 
 
 @click.command("info")
-@workdir_option
+@read_workdir_option
 @click.option("--verify", is_flag=True, help="Also read every stored byte, checking the checksums.")
 @handled(NOTHING_HALF_WRITTEN)
 def info_command(workdir: Path, verify: bool) -> None:

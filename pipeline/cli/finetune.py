@@ -10,7 +10,7 @@ import click
 from features import PRECISIONS
 
 from ..finetune.config import AUGMENTS, OPTIMIZERS, SCHEDULES, FinetuneConfig
-from .common import device_option, handled, seed_option, with_progress, workdir_option
+from .common import device_option, handled, seed_option, setting_option, settings, with_progress, workdir_option
 from .heads import after_training
 
 
@@ -22,42 +22,42 @@ from .heads import after_training
 @click.option("--weights", default=FinetuneConfig.weights,
               help="imagenet, random (training from scratch), or a weights name of the model.")
 @click.option("--train-layers", default=FinetuneConfig.train_layers,
-              help="Blocks to unfreeze, comma list (resnet34: layer1..layer4, fc) or all; the new classifier always trains.")
-@click.option("--epochs", type=int, default=FinetuneConfig.epochs, help="At most; --patience may stop sooner.")
-@click.option("--batch-size", type=int, default=FinetuneConfig.batch_size)
-@click.option("--accumulate", type=int, default=FinetuneConfig.accumulate, help="Batches per optimizer step.")
+              help="Blocks to unfreeze, comma list (resnet34: layer1..layer4, fc), all, or classifier (the model's own "
+                   "classifier block, whatever its name); the new classifier always trains.")
+@setting_option("--epochs", FinetuneConfig, help="At most; --patience may stop sooner.")
+@setting_option("--batch-size", FinetuneConfig)
+@setting_option("--accumulate", FinetuneConfig, help="Batches per optimizer step.")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=FinetuneConfig.optimizer)
-@click.option("--lr", type=float, default=FinetuneConfig.lr, help="The classifier's peak learning rate.")
-@click.option("--lr-decay", type=float, default=FinetuneConfig.lr_decay,
-              help="Each lower block's learning rate is this times the one above it.")
+@setting_option("--lr", FinetuneConfig, help="The classifier's peak learning rate.")
+@setting_option("--lr-decay", FinetuneConfig, help="Each lower block's learning rate is this times the one above it.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=FinetuneConfig.schedule)
-@click.option("--warmup", type=float, default=FinetuneConfig.warmup, help="Share of the steps spent warming up.")
-@click.option("--weight-decay", type=float, default=FinetuneConfig.weight_decay)
-@click.option("--label-smoothing", type=float, default=FinetuneConfig.label_smoothing)
+@setting_option("--warmup", FinetuneConfig, help="Share of the steps spent warming up.")
+@setting_option("--weight-decay", FinetuneConfig)
+@setting_option("--label-smoothing", FinetuneConfig)
 @click.option("--precision", type=click.Choice(PRECISIONS), default=FinetuneConfig.precision)
 @click.option("--channels-last", is_flag=True, default=FinetuneConfig.channels_last, help="NHWC memory layout (GPUs).")
 @click.option("--augment", type=click.Choice(AUGMENTS), default=FinetuneConfig.augment,
               help="Training split only: crop = random resized crop + horizontal flip; trivial = crop + TrivialAugment.")
-@click.option("--patience", type=int, default=FinetuneConfig.patience,
-              help="Epochs without a better loss on the training holdout (--holdout).")
+@setting_option("--patience", FinetuneConfig, help="Epochs without a better loss on the training holdout (--holdout).")
 @click.option("--bn-train/--no-bn-train", default=FinetuneConfig.bn_train,
               help="Update BatchNorm statistics in unfrozen blocks [default: only from random weights].")
 @click.option("--train-split", default=FinetuneConfig.train_split)
 @click.option("--val-split", default=FinetuneConfig.val_split, help="Without it, a share of train (--holdout).")
-@click.option("--holdout", type=float, default=FinetuneConfig.holdout,
-              help="Share of the training rows held out to choose the epoch (and, without a validation split, "
-                   "to validate on).")
-@click.option("--image-size", type=int, default=FinetuneConfig.image_size, help="[default: the backbone's]")
+@setting_option("--holdout", FinetuneConfig,
+                help="Share of the training rows held out to choose the epoch (and, without a validation split, "
+                     "to validate on).")
+@setting_option("--image-size", FinetuneConfig, help="[default: the backbone's]")
 @device_option
-@click.option("--workers", type=int, default=FinetuneConfig.workers, help="Decoding processes [default: from the core count].")
+@setting_option("--workers", FinetuneConfig, help="Decoding processes [default: from the core count].")
 @seed_option
 @click.option("--force", is_flag=True, help="Start over instead of resuming.")
 @handled("the last finished epoch's checkpoint is kept; the same command resumes from it")
 def finetune_command(**o: Any) -> None:
     """Train a backbone's top blocks (or all of it) on the data's classes; resumes where a run stopped."""
+    cfg = settings(FinetuneConfig, **o)
     from .. import finetuned
 
-    result = with_progress(lambda progress: finetuned.train(FinetuneConfig(**o), progress=progress), prefix="")
+    result = with_progress(lambda progress: finetuned.train(cfg, progress=progress), prefix="")
     if not result.metrics:  # a torchrun rank other than 0
         return
     if result.skipped:

@@ -8,19 +8,21 @@ from typing import Any, Callable
 
 import click
 
+from features import bounds_of
+
 from ..heads.config import BEST, C_GRID, HeadConfig
-from .common import (NOTHING_HALF_WRITTEN, backbones_option, device_option, floats, force_option, handled, options,
-                     seed_option, workdir_option)
+from .common import (NOTHING_HALF_WRITTEN, NumberList, backbones_option, device_option, force_option, handled, options,
+                     seed_option, setting_option, settings, workdir_option)
 
 
 head_common_options = options(
     click.option("--train-split", default=HeadConfig.train_split, help="Labeled split to fit on."),
     click.option("--val-split", default=HeadConfig.val_split,
-                 help="Labeled split to choose and report on; without one, a share of train (--holdout)."),
-    click.option("--holdout", type=float, default=HeadConfig.holdout,
-                 help="Share of train held out when there is no --val-split."),
-    click.option("--folds", type=int, default=HeadConfig.folds,
-                 help="Out-of-fold predictions on train, for calibration and for choosing `best`."),
+                 help=f"Labeled split to choose and report on; without {HeadConfig.val_split}/, a share of train "
+                      f"(--holdout); another name must exist."),
+    setting_option("--holdout", HeadConfig, help="Share of train held out when there is no --val-split."),
+    setting_option("--folds", HeadConfig,
+                   help="Out-of-fold predictions on train, for calibration and for choosing `best`."),
     click.option("--calibrate/--no-calibrate", default=HeadConfig.calibrate,
                  help="A temperature per model fitted on its out-of-fold predictions."),
     click.option("--select/--no-select", default=HeadConfig.select,
@@ -29,20 +31,19 @@ head_common_options = options(
                  help="Retrain each model's chosen configuration on train + validation rows for the submission."),
 )
 probe_options = options(
-    click.option("--c-grid", default=",".join(map(str, C_GRID)), callback=floats,
+    click.option("--c-grid", type=NumberList(bounds_of(HeadConfig, "c_grid")), default=",".join(map(str, C_GRID)),
                  help="Inverse L2 strengths (scikit-learn's C) the linear probes are swept over."),
-    click.option("--max-iter", type=int, default=HeadConfig.max_iter, help="L-BFGS iterations per C at most."),
+    setting_option("--max-iter", HeadConfig, help="L-BFGS iterations per C at most."),
     click.option("--flip/--no-flip", default=HeadConfig.flip,
                  help="Also train +hflip models (both views, mean of both at prediction) where the cache has them."),
 )
 ensemble_options = options(
-    click.option("--epochs", type=int, default=HeadConfig.epochs, help="At most; early stopping usually ends sooner."),
-    click.option("--lr", type=float, default=HeadConfig.lr, help="Adam's learning rate."),
-    click.option("--weight-decay", type=float, default=HeadConfig.weight_decay),
-    click.option("--patience", type=int, default=HeadConfig.patience,
-                 help="Epochs without a better validation loss before stopping."),
-    click.option("--dropout", type=float, default=HeadConfig.dropout),
-    click.option("--hidden", type=int, default=HeadConfig.hidden, help="The ensemble's shared hidden size."),
+    setting_option("--epochs", HeadConfig, help="At most; early stopping usually ends sooner."),
+    setting_option("--lr", HeadConfig, help="Adam's learning rate."),
+    setting_option("--weight-decay", HeadConfig),
+    setting_option("--patience", HeadConfig, help="Epochs without a better validation loss before stopping."),
+    setting_option("--dropout", HeadConfig),
+    setting_option("--hidden", HeadConfig, help="The ensemble's shared hidden size."),
     click.option("--concat/--no-concat", default=HeadConfig.concat,
                  help="Also a probe on all backbones' features concatenated."),
 )
@@ -50,13 +51,13 @@ ensemble_options = options(
 
 def head_batch_option(*names: str) -> Callable[..., Any]:
     """`run` has --batch-size for extraction, so there the head's is only --head-batch-size."""
-    return click.option("--head-batch-size", *names, "head_batch_size", type=int, default=HeadConfig.batch_size,
-                        help="Rows per Adam step (the three-branch head).")
+    return setting_option("--head-batch-size", HeadConfig, *names, "head_batch_size", field="batch_size",
+                          help="Rows per Adam step (the three-branch head).")
 
 
 def head_config(o: dict[str, Any]) -> HeadConfig:
     given = {**o, "batch_size": o.get("head_batch_size", HeadConfig.batch_size)}
-    return HeadConfig(**{f.name: given[f.name] for f in fields(HeadConfig) if f.name in given})
+    return settings(HeadConfig, **{f.name: given[f.name] for f in fields(HeadConfig) if f.name in given})
 
 
 def head_stage(*stage_options: Callable[..., Any]) -> Callable[..., Any]:
@@ -70,11 +71,11 @@ def head_stage(*stage_options: Callable[..., Any]) -> Callable[..., Any]:
 @head_stage()
 def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 2: a linear probe per backbone, its L2 strength swept and chosen on validation rows."""
+    cfg = head_config(o)
     from features import workdir_lock
 
     from ..heads import select_best, train_linear_heads
 
-    cfg = head_config(o)
     with workdir_lock(cfg.workdir):  # through the summary and reports: no other writer in between
         results = train_linear_heads(cfg, backbones)
         if cfg.select:
@@ -87,11 +88,11 @@ def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
 @head_stage(ensemble_options, head_batch_option("--batch-size"))
 def ensemble_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 3: the book's three-branch head and the concatenation probe, then `best` among every model."""
+    cfg = head_config(o)
     from features import workdir_lock
 
     from ..heads import select_best, train_concat, train_ensemble
 
-    cfg = head_config(o)
     with workdir_lock(cfg.workdir):  # through the summary and reports: no other writer in between
         results = [train_ensemble(cfg, backbones)]
         if cfg.concat:

@@ -10,7 +10,8 @@ import click
 from features import CnnfeatError
 
 from ..config import PredictConfig
-from .common import NOTHING_HALF_WRITTEN, device_option, force_option, handled, workdir_option
+from .common import (NOTHING_HALF_WRITTEN, device_option, force_option, handled, setting_option, settings,
+                     usable_path, workdir_option)
 
 
 @click.command("predict")
@@ -20,9 +21,9 @@ from .common import NOTHING_HALF_WRITTEN, device_option, force_option, handled, 
 @workdir_option
 @click.option("--split", default=PredictConfig.split, help="The split to predict.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="[default: <workdir>/submission.csv]")
+              callback=usable_path("--output"), help="[default: <workdir>/submission.csv]")
 @click.option("--kaggle-binary", is_flag=True, help="Write id,label with label = probability of the second class.")
-@click.option("--clip", type=float, default=PredictConfig.clip, help="Clip probabilities to [clip, 1-clip] (log-loss safety).")
+@setting_option("--clip", PredictConfig, help="Clip probabilities to [clip, 1-clip] (log-loss safety).")
 @click.option("--tta", is_flag=True, help="finetuned-<backbone>: average each image's and its mirror's probabilities.")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="finetuned-<backbone>: the data folder [default: the one it was trained on].")
@@ -31,10 +32,11 @@ from .common import NOTHING_HALF_WRITTEN, device_option, force_option, handled, 
 @handled(NOTHING_HALF_WRITTEN)
 def predict_command(model: str, **o: Any) -> None:
     """Stage 4: a Kaggle submission CSV, a row for every file of the split."""
+    cfg = settings(PredictConfig, model=model, **o)
     from ..predict import predict
 
-    name = _model_name(o["workdir"], model)
-    print_prediction(name, o["split"], predict(PredictConfig(model=name, **o)))
+    cfg.model = _model_name(cfg.workdir, model)
+    print_prediction(cfg.model, cfg.split, predict(cfg))
 
 
 def _model_name(workdir: Path, name: str) -> str:

@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from ..config import RUN_VIEWS, PredictConfig
-from .common import BATCHES_KEPT, backbones_option, force_option, handled, with_progress, workdir_option
+from .common import (BATCHES_KEPT, backbones_option, force_option, handled, setting_option, settings, with_progress,
+                     workdir_option)
 from .features import extract_config, extract_options, print_extract
 from .heads import after_training, ensemble_options, head_batch_option, head_common_options, head_config, probe_options
 from .predict import print_prediction
@@ -28,18 +29,18 @@ from .predict import print_prediction
 @ensemble_options
 @head_batch_option()
 @click.option("--kaggle-binary", is_flag=True, help="Predict as id,label (two classes).")
-@click.option("--clip", type=float, default=PredictConfig.clip, help="Clip predicted probabilities to [clip, 1-clip].")
+@setting_option("--clip", PredictConfig, help="Clip predicted probabilities to [clip, 1-clip].")
 @force_option
 @handled(BATCHES_KEPT)
 def run_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Every stage in order: extract (with mirrored views), probes, ensemble and concat, best, predict."""
+    extract_cfg, head_cfg = extract_config(o, backbones), head_config(o)
+    predict_cfg = settings(PredictConfig, workdir=o["workdir"], kaggle_binary=o["kaggle_binary"], clip=o["clip"],
+                           device=o["device"], force=o["force"])
     from features import workdir_lock
 
     from ..run import run_pipeline
 
-    extract_cfg, head_cfg = extract_config(o, backbones), head_config(o)
-    predict_cfg = PredictConfig(workdir=o["workdir"], kaggle_binary=o["kaggle_binary"], clip=o["clip"],
-                                device=o["device"], force=o["force"])
     with workdir_lock(o["workdir"]):  # through the summary and reports: no other writer in between
         report = with_progress(lambda progress: run_pipeline(extract_cfg, head_cfg, predict_cfg, progress))
         if not report.extract.main:  # under torchrun, rank 0 trains, predicts and speaks for all
@@ -75,5 +76,7 @@ def _load_toml(ctx: click.Context, path: Path | None) -> None:
             value = str(path.parent / value)
         elif isinstance(value, list) and not getattr(known[name], "multiple", False):
             value = ",".join(map(str, value))  # c-grid = [0.01, 1.0] as on the command line
+        elif isinstance(value, str) and getattr(known[name], "multiple", False):
+            value = [value]  # backbones = "resnet18,mobilenet_v3_small" as on the command line
         defaults[name] = value
     ctx.default_map = {**(ctx.default_map or {}), **defaults}

@@ -14,7 +14,9 @@ import torch
 import torchvision
 from torch import nn
 
-from features import BackboneSpec, ConfigError, build_model, final_linear
+from features import BackboneSpec, ConfigError, build_model, did_you_mean, final_linear
+
+from .config import CLASSIFIER
 
 
 def blocks(spec: BackboneSpec, model: nn.Module) -> list[str]:
@@ -30,16 +32,19 @@ def blocks(spec: BackboneSpec, model: nn.Module) -> list[str]:
 
 
 def chosen_blocks(spec: BackboneSpec, model: nn.Module, train_layers: str) -> list[str]:
-    """The blocks to unfreeze, always with the (new) classifier; `all` is every parameter."""
+    """The blocks to unfreeze, always with the (new) classifier; `all` is every parameter, `classifier` the
+    classifier's block alone, whatever the model calls it (fc, classifier, heads, ...)."""
     available = blocks(spec, model)
     head = _block_of(final_linear(model), available) or available[-1]
     if train_layers.strip() == "all":
         return available
-    asked = [n.strip() for n in train_layers.split(",") if n.strip()]
+    asked = [head if n.strip() == CLASSIFIER else n.strip() for n in train_layers.split(",") if n.strip()]
     unknown = [n for n in asked if n not in available]
     if unknown or not asked:
-        raise ConfigError(f"--train-layers {train_layers!r}: {spec.name} has no block {', '.join(unknown) or '(none given)'}; "
-                          f"use all or a comma list of {', '.join(available)} (bottom to top)")
+        hint = did_you_mean(unknown[0], available) if unknown else ""
+        raise ConfigError(f"--train-layers {train_layers!r}: {spec.name} has no block "
+                          f"{', '.join(unknown) or '(none given)'}{hint}; use all, {CLASSIFIER} or a comma list of "
+                          f"{', '.join(available)} (bottom to top)", setting="train_layers")
     return [n for n in available if n in asked or n == head]
 
 

@@ -9,7 +9,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from features import DEFAULT_DEVICE, DEFAULT_SEED, DEFAULT_WORKDIR, HFLIP, ConfigError, require_counts, require_two_splits
+from features import (COUNT, DEFAULT_DEVICE, DEFAULT_SEED, DEFAULT_TRAIN_SPLIT, DEFAULT_VAL_SPLIT, DEFAULT_WORKDIR,
+                      DEVICES, HFLIP, NON_NEGATIVE, POSITIVE, SEED, SHARE, Bounds, ConfigError, bounded, check_bounds,
+                      require_choices, require_two_splits)
 
 # Bumped when what a saved model holds changes (3: L-BFGS probes with views, temperature and
 # out-of-fold predictions; 4: every choice made on folds of the training rows, the solver in the key),
@@ -37,39 +39,37 @@ def default_memory_budget() -> int:
 @dataclass
 class HeadConfig:
     workdir: Path = DEFAULT_WORKDIR
-    train_split: str = "train"
-    val_split: str = "valid"  # when the data has no such split, a stratified share of train stands in
-    holdout: float = 0.1  # that share (DINOv2's linear probe holds out 10 %)
+    train_split: str = DEFAULT_TRAIN_SPLIT
+    val_split: str = DEFAULT_VAL_SPLIT
+    holdout: float = bounded(0.1, SHARE)  # that share (DINOv2's linear probe holds out 10 %)
     # linear probes: full-batch L-BFGS logistic regression, swept over C_GRID
-    c_grid: tuple[float, ...] = C_GRID
-    max_iter: int = 500  # L-BFGS iterations per grid value; warm starts along the grid need far fewer
+    c_grid: tuple[float, ...] = bounded(C_GRID, POSITIVE)  # each value
+    max_iter: int = bounded(500, COUNT)  # L-BFGS iterations per grid value; warm starts along the grid need far fewer
     concat: bool = True  # also a probe on all backbones' features concatenated (the 99.6 % pipeline's head)
     flip: bool = True  # also train on mirrored views (+hflip models) where extract stored them
     # the book's three-branch ensemble: Adam, early stopping
-    epochs: int = 200  # an upper bound: early stopping on a fold of the training rows usually ends sooner
-    lr: float = 1e-3  # Adam's default suits standardised inputs
-    batch_size: int = 64  # the book's
-    weight_decay: float = 0.0
-    patience: int = 10  # epochs without a better loss on that fold before stopping
-    dropout: float = 0.5  # the book's
-    hidden: int = 512  # the book's shared space
+    epochs: int = bounded(200, COUNT)  # an upper bound: early stopping on a fold of the training rows usually ends sooner
+    lr: float = bounded(1e-3, POSITIVE)  # Adam's default suits standardised inputs
+    batch_size: int = bounded(64, COUNT)  # the book's
+    weight_decay: float = bounded(0.0, NON_NEGATIVE)
+    patience: int = bounded(10, COUNT)  # epochs without a better loss on that fold before stopping
+    dropout: float = bounded(0.5, Bounds(0, 1, high_open=True))  # the book's
+    hidden: int = bounded(512, COUNT)  # the book's shared space
     # held-out evidence from the training rows: what chooses C, epochs, temperatures and `best`
-    folds: int = 5  # out-of-fold predictions on the training rows (the validation rows only report)
+    folds: int = bounded(5, COUNT)  # out-of-fold predictions on the training rows (the validation rows only report)
     calibrate: bool = True  # a temperature per model, fitted on its out-of-fold predictions
     select: bool = True  # build `best`: greedy ensemble selection over every model
     refit: bool = False  # finally retrain each chosen configuration on train + validation rows
-    seed: int = DEFAULT_SEED
+    seed: int = bounded(DEFAULT_SEED, SEED)
     device: str = DEFAULT_DEVICE
     force: bool = False  # retrain even when the saved head is up to date
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
+        self.c_grid = tuple(self.c_grid)
+        check_bounds(self)  # each C among them, before they are read as numbers
         self.c_grid = tuple(sorted(float(c) for c in self.c_grid))
-        require_counts(self, ("epochs", "batch_size", "patience", "hidden", "max_iter", "folds"))
-        if self.lr <= 0 or not self.c_grid or self.c_grid[0] <= 0:
-            raise ConfigError(f"lr and every C must be positive, not lr={self.lr}, C={self.c_grid}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout must be in [0, 1), not {self.dropout}")
-        if not 0 < self.holdout < 1:
-            raise ConfigError(f"holdout must be in (0, 1), not {self.holdout}")
+        if not self.c_grid:
+            raise ConfigError("c_grid needs at least one value of C", setting="c_grid")
+        require_choices(self, device=DEVICES)
         require_two_splits(self.train_split, self.val_split)
