@@ -355,16 +355,16 @@ def forward_features(images: dict[int, torch.Tensor], jobs: Sequence[_Job], mode
             pixels = images[job.target.size].to(device, non_blocking=True)
             x = normalize(pixels.flip(-1) if job.view == HFLIP else pixels, backbone.mean, backbone.std)
             inputs[key] = pad_rows(x, pad_to)
-        rows = len(images[job.target.size])
+        rows = images[job.target.size].shape[0]  # not len(): a traced batch size stays symbolic
         features[job.dataset] = backbone(inputs[key])[:rows]
     return features
 
 
 def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     """x with zero rows appended up to `rows` (unchanged if it has as many already)."""
-    if len(x) >= rows:
+    if rows <= x.shape[0]:
         return x
-    return torch.cat([x, x.new_zeros((rows - len(x), *x.shape[1:]))]).contiguous(memory_format=torch.channels_last)
+    return torch.cat([x, x.new_zeros((rows - x.shape[0], *x.shape[1:]))]).contiguous(memory_format=torch.channels_last)
 
 
 class StagingWriter:
