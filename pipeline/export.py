@@ -67,7 +67,7 @@ class ImagesToProbabilities(nn.Module):
 def export_model(cfg: ExportConfig) -> Path:
     """Write the model's file; ExportError naming what could not be exported."""
     predictor = load_predictor(cfg.workdir, cfg.model, device="cpu", precision="fp32")
-    module = ImagesToProbabilities(predictor).eval()
+    module = ImagesToProbabilities(predictor).eval().requires_grad_(False)  # probabilities out, no autograd graph
     example = torch.randint(0, 256, (2, 3, 97, 103), dtype=torch.uint8)  # sizes no backbone uses: nothing specialises
     shapes = ({0: torch.export.Dim("batch", min=1, max=65536), 2: torch.export.Dim("height", min=2, max=16384),
                3: torch.export.Dim("width", min=2, max=16384)},)
