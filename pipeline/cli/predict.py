@@ -10,7 +10,7 @@ import click
 from features import CnnfeatError
 
 from ..config import EXPORT_FORMATS, ExportConfig, PredictConfig
-from .common import NOTHING_HALF_WRITTEN, device_option, force_option, handled, workdir_option
+from .common import NOTHING_HALF_WRITTEN, device_option, force_option, handled, with_progress, workdir_option
 
 
 @click.command("predict")
@@ -52,8 +52,6 @@ def _predict(model: str, **o: Any) -> None:
 
     name = _model_name(o["workdir"], model)
     if o["images"]:
-        from .common import with_progress
-
         print_prediction(name, "images", with_progress(lambda bar: predict(PredictConfig(model=name, **o), bar), "predict "))
         return
     print_prediction(name, o["split"], predict(PredictConfig(model=name, **o)))
