@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.fx
@@ -82,10 +82,30 @@ def weights_label(spec: BackboneSpec, weights: str, seed: int) -> str:
     """What the cache records about the weights, so random or fine-tuned features are never taken for
     pretrained ones, and a changed fine-tuned checkpoint makes its features stale."""
     if weights == "random":
-        return f"random:seed={seed}"
+        return f"{RANDOM_LABEL}{seed}"
     if (path := finetuned_path(weights)) is not None:
         return f"finetuned:sha256={file_sha256(path)}"
     return source_of(spec).weights_label(spec, weights)
+
+
+RANDOM_LABEL = "random:seed="  # weights_label's prefix for seeded random weights; the seed follows
+
+
+def weights_from_label(spec: BackboneSpec, label: str, checkpoints: Sequence[Path] = ()) -> tuple[str, int]:
+    """(weights, seed) that weights_label turns into `label`: how features recorded in a cache are made again.
+
+    The candidates are random (with the label's seed), imagenet, every weights name of the model and the
+    fine-tuned `checkpoints` given; the one whose label is `label` is the answer, so weights_label stays
+    the only rule.
+    """
+    seed = int(label[len(RANDOM_LABEL):]) if label.startswith(RANDOM_LABEL) else 0
+    names = [m.name for m in torchvision.models.get_model_weights(spec.builder)] if spec.source == "torchvision" else []
+    for weights in ("random", "imagenet", *names, *(str(p) for p in checkpoints)):
+        if weights_label(spec, weights, seed) == label:
+            return weights, seed
+    where = f" (looked in {', '.join(sorted({str(Path(p).parent) for p in checkpoints}))})" if checkpoints else ""
+    raise WeightsUnavailableError(f"no weights of {spec.name} are recorded as {label!r}{where}; a fine-tuned "
+                                  f"checkpoint must be the very file the features were extracted with")
 
 
 def weights_file(spec: BackboneSpec, weights: str) -> str:

@@ -7,6 +7,10 @@ Work is planned per (split, dataset), a dataset being a backbone or its mirrored
 (`<backbone>_hflip`): one whose cached features match the files and settings is skipped; the
 others share one pass over each split's images, each image decoded once and resized once per
 input size in use. Backbones that want the same size and normalisation get one normalised batch.
+
+ImageFeaturizer runs the same pass on images given one by one (files anywhere, or pictures in memory)
+for datasets whose settings a cache recorded, keeping the features in memory: what a trained model
+reads when it predicts new images.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,16 +30,18 @@ import torchvision
 from torch.utils.data import DataLoader
 
 from . import __version__
-from .backbones import FrozenBackbone, default_image_size, load_backbone, normalize, weights_file, weights_label
+from .backbones import (FrozenBackbone, default_image_size, load_backbone, normalize, weights_file, weights_from_label,
+                        weights_label)
 from .config import HFLIP, ExtractConfig, ProgressFn
 from .devices import default_workers, resolve_device
 from .distributed import torchrun_ranks
 from .errors import CacheError, WeightsUnavailableError
-from .folder import DataFolder, Split, scan_prepared_folder
-from .images import DecodedBatch, DecodeStream, ImageFiles, collate_decoded, decode_on_device
-from .registry import BackboneSpec, resolve_backbones
+from .folder import DataFolder, Split, scan_data_folder, scan_prepared_folder
+from .images import (DecodedBatch, DecodeStream, ImageFiles, ImageSource, collate_decoded, decode_on_device,
+                     image_source)
+from .registry import BackboneSpec, get_backbone, resolve_backbones
 from .files import workdir_lock
-from .staging import Staging
+from .staging import VALUE_SETTINGS, Staging
 from .store import FeatureCache, SplitContent, cache_path, commit_cache, dataset_name, is_up_to_date
 
 log = logging.getLogger(__name__)
@@ -65,10 +71,19 @@ class ExtractReport:
 
 @dataclass(frozen=True)
 class _Target:
-    """One backbone as this run uses it, with its input size."""
+    """One backbone as this run uses it: its weights, pooling and precision, and its input size."""
 
     spec: BackboneSpec
     size: int
+    weights: str
+    seed: int
+    pool: str
+    precision: str
+
+    @property
+    def model_key(self) -> tuple[str, str, int, str, str]:
+        """Targets with equal keys share one built model (their sizes differ only in its input)."""
+        return self.spec.name, self.weights, self.seed, self.pool, self.precision
 
 
 @dataclass
@@ -76,12 +91,16 @@ class _Job:
     target: _Target
     view: str  # "" or "hflip"
     settings: dict
-    staging: Staging
+    staging: Staging | None = None  # where extraction stages its batches; None: features kept in memory
     shape: tuple[int, ...] = ()  # of one stored feature, known once the model is loaded
+    name: str = ""  # the dataset's name where it differs from the backbone's (a trained model's recorded name)
 
     @property
     def dataset(self) -> str:
-        return dataset_name(self.target.spec.name, self.view)
+        return self.name or dataset_name(self.target.spec.name, self.view)
+
+
+DEVICE_DECODER, PIL_DECODER = "torchvision.io.decode_jpeg", "PIL"  # recorded as each dataset's "decode"
 
 
 def decodes_on_device(cfg: ExtractConfig, device: torch.device) -> bool:
@@ -89,34 +108,35 @@ def decodes_on_device(cfg: ExtractConfig, device: torch.device) -> bool:
     return cfg.decode == "device" or (cfg.decode == "auto" and device.type == "cuda")
 
 
-def conv_precision(cfg: ExtractConfig, device: torch.device) -> str:
+def conv_precision(precision: str, device: torch.device) -> str:
     """What convolutions really compute in: on CUDA, torch runs fp32 convolutions in TF32 by default."""
     # CUDA: torch.backends.cudnn.allow_tf32 defaults to True (documented under "TensorFloat-32")
-    if cfg.precision == "fp32" and device.type == "cuda" and torch.backends.cudnn.allow_tf32:
+    if precision == "fp32" and device.type == "cuda" and torch.backends.cudnn.allow_tf32:
         return "tf32"
-    return cfg.precision
+    return precision
 
 
 def _targets(cfg: ExtractConfig) -> list[_Target]:
     """Each backbone with the size it runs at: --image-size, else its own default."""
-    return [_Target(spec, cfg.image_size or default_image_size(spec, cfg.weights)) for spec in resolve_backbones(cfg.backbones)]
+    return [_Target(spec, cfg.image_size or default_image_size(spec, cfg.weights), cfg.weights, cfg.seed, cfg.pool,
+                    cfg.precision) for spec in resolve_backbones(cfg.backbones)]
 
 
-def feature_settings(target: _Target, cfg: ExtractConfig, device: torch.device, view: str) -> dict:
+def feature_settings(target: _Target, view: str, device: torch.device, on_device: bool) -> dict:
     """Provenance recorded on each cached dataset; store.VALUE_SETTINGS among them decide staleness."""
     spec = target.spec
     return {
         "backbone": spec.name,
-        "weights": weights_label(spec, cfg.weights, cfg.seed),
-        "weights_file": weights_file(spec, cfg.weights),
-        "pool": cfg.pool,
+        "weights": weights_label(spec, target.weights, target.seed),
+        "weights_file": weights_file(spec, target.weights),
+        "pool": target.pool,
         "image_size": target.size,
-        "precision": cfg.precision,
+        "precision": target.precision,
         "orientation": "exif",  # images are turned upright as their EXIF orientation says
         "view": view,
-        "decode": "torchvision.io.decode_jpeg" if decodes_on_device(cfg, device) else "PIL",
+        "decode": DEVICE_DECODER if on_device else PIL_DECODER,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,  # CUDA: the GPU's name
-        "conv_precision": conv_precision(cfg, device),
+        "conv_precision": conv_precision(target.precision, device),
         "cnnfeat_version": __version__,
         "torch_version": str(torch.__version__),  # TorchVersion is a str subclass h5py cannot store
         "torchvision_version": str(torchvision.__version__),
@@ -139,9 +159,9 @@ def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractRe
         jobs = [job for split_jobs in plan.jobs.values() for job in split_jobs]
         decoded = 0
         if jobs:
-            models, shapes = _load_models({job.target.spec.name: job.target for job in jobs}, cfg, device, report)
+            models, shapes = _load_models({job.target.model_key: job.target for job in jobs}, device, report.build_seconds)
             for job in jobs:
-                job.shape, job.settings["layer"] = shapes[job.target.spec.name], models[job.target.spec.name].layer
+                job.shape, job.settings["layer"] = shapes[job.target.model_key], models[job.target.model_key].layer
             for split_name, split_jobs in plan.jobs.items():
                 if split_jobs:
                     batches = ranks.mine(plan.batches[split_name])
@@ -176,7 +196,7 @@ def _plan(folder: DataFolder, targets: list[_Target], cfg: ExtractConfig, device
             plan.jobs[split] = []
             for target in targets:
                 for view in ("", *cfg.views):
-                    settings = feature_settings(target, cfg, device, view)
+                    settings = feature_settings(target, view, device, decodes_on_device(cfg, device))
                     name = dataset_name(target.spec.name, view)
                     if not cfg.force and is_up_to_date(cache, split, fingerprint, name, settings):
                         plan.up_to_date.append((split, name))
@@ -237,37 +257,56 @@ def _cache_matches_folder(path: Path, folder: DataFolder) -> bool:
         return False
 
 
-def _load_models(targets: dict[str, _Target], cfg: ExtractConfig, device: torch.device,
-                 report: ExtractReport) -> tuple[dict[str, FrozenBackbone], dict[str, tuple[int, ...]]]:
+def _load_models(targets: dict[tuple, _Target], device: torch.device,
+                 build_seconds: dict[str, float]) -> tuple[dict[tuple, FrozenBackbone], dict[tuple, tuple[int, ...]]]:
     """Every model loads, and proves it takes its image size, before any image is decoded: missing
     weights or a size a model refuses fail in seconds, every missing file named at once."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     models, shapes, missing = {}, {}, []
-    for name, target in targets.items():
+    for key, target in targets.items():
         started = time.perf_counter()
         try:
-            backbone = load_backbone(target.spec, weights=cfg.weights, pool=cfg.pool, seed=cfg.seed)
+            backbone = load_backbone(target.spec, weights=target.weights, pool=target.pool, seed=target.seed)
         except WeightsUnavailableError as err:
             missing.append(str(err))
             continue
-        shapes[name] = backbone.feature_shape(target.size)
-        backbone.cast_weights(DTYPES[cfg.precision])
-        models[name] = backbone.to(device, memory_format=torch.channels_last)
-        report.build_seconds[name] = time.perf_counter() - started
+        shapes[key] = backbone.feature_shape(target.size)
+        backbone.cast_weights(DTYPES[target.precision])
+        models[key] = backbone.to(device, memory_format=torch.channels_last)
+        build_seconds[target.spec.name] = time.perf_counter() - started
     if missing:
         raise WeightsUnavailableError("\n\n".join(missing))
     return models, shapes
 
 
 def _run_split(root: Path, split: Split, jobs: list[_Job], batches: Sequence[tuple[int, int, tuple[str, ...]]],
-               models: dict[str, FrozenBackbone], cfg: ExtractConfig, device: torch.device,
+               models: dict[tuple, FrozenBackbone], cfg: ExtractConfig, device: torch.device,
                progress: ProgressFn | None) -> int:
     """One pass over the given batches of a split; each batch goes to every dataset that needs it."""
-    on_device = decodes_on_device(cfg, device)
+    with StagingWriter() as writer:
+        def stage(start: int, stop: int, needed: tuple[str, ...], batch: DecodedBatch,
+                  features: dict[str, torch.Tensor]) -> None:
+            for job in jobs:
+                if job.dataset in needed:
+                    writer.save(job.staging, start, stop, batch, features.get(job.dataset))
+
+        return _pass(root, split.paths, split.name, jobs, batches, models, cfg.precision, decodes_on_device(cfg, device),
+                     cfg.workers, device, progress, stage)
+
+
+BatchSink = Callable[[int, int, tuple[str, ...], DecodedBatch, dict[str, torch.Tensor]], None]
+
+
+def _pass(root: Path, paths: Sequence[ImageSource], what: str, jobs: list[_Job],
+          batches: Sequence[tuple[int, int, tuple[str, ...]]], models: dict[tuple, FrozenBackbone], precision: str,
+          on_device: bool, workers: int | None, device: torch.device, progress: ProgressFn | None,
+          sink: BatchSink) -> int:
+    """Decode the batches' images (PIL in the workers, or JPEGs on the device), run the datasets that need
+    each batch, and hand sink (start, stop, needed, the decoded batch, {dataset: features})."""
     sizes = sorted({job.target.size for job in jobs})
-    images = ImageFiles(root, split.paths, sizes, jpeg_bytes=on_device)
-    workers = default_workers(device, on_device) if cfg.workers is None else cfg.workers
+    images = ImageFiles(root, paths, sizes, jpeg_bytes=on_device)
+    workers = default_workers(device, on_device) if workers is None else workers
     loader = DataLoader(
         images,
         batch_sampler=[range(start, stop) for start, stop, _ in batches],
@@ -276,53 +315,56 @@ def _run_split(root: Path, split: Split, jobs: list[_Job], batches: Sequence[tup
         pin_memory=device.type == "cuda",  # CUDA: page-locked batches, so .to(non_blocking=True) overlaps compute
         prefetch_factor=(2 if on_device else 4) if workers else None,  # batches of bytes are quick to read
     )
-    dtype = DTYPES[cfg.precision]
+    dtype = DTYPES[precision]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     # CUDA: cudnn.benchmark autotunes once per input shape; a short last batch padded to the full
     # size reuses the tuned kernels (documented in torch.backends.cudnn); a CPU would only do more work
-    pad_to = cfg.batch_size if device.type == "cuda" else 0
+    pad_to = max((stop - start for start, stop, _ in batches), default=0) if device.type == "cuda" else 0
     stream = DecodeStream(device)
     total = sum(stop - start for start, stop, _ in batches)
     if progress is not None:
-        progress(split.name, 0, total)  # the split starts now: its rate counts from here
-    with torch.inference_mode(), autocast, StagingWriter() as writer:
+        progress(what, 0, total)  # the split starts now: its rate counts from here
+    with torch.inference_mode(), autocast:
         for (start, stop, needed), batch in zip(batches, loader):
             if on_device:
-                batch = decode_on_device(batch, root, split.paths, sizes, device, stream)
+                batch = decode_on_device(batch, root, paths, sizes, device, stream)
             for row, reason in zip(batch.failed_rows, batch.failed_reasons):
-                log.warning("skipping %s: cannot decode it (%s)", root / split.paths[row], reason)
-            features = _forward(batch, [job for job in jobs if job.dataset in needed], models, device, pad_to)
-            for job in jobs:
-                if job.dataset in needed:
-                    writer.save(job.staging, start, stop, batch, features.get(job.dataset))
+                log.warning("skipping %s: cannot decode it (%s)", _describe(root, paths[row]), reason)
+            features = (forward_features(batch.images, [job for job in jobs if job.dataset in needed], models, device,
+                                         pad_to) if len(batch.rows) else {})
+            sink(start, stop, needed, batch, features)
             if progress is not None:
-                progress(split.name, stop - start, total)
+                progress(what, stop - start, total)
     return total
 
 
-def _forward(batch: DecodedBatch, jobs: list[_Job], models: dict[str, FrozenBackbone], device: torch.device,
-             pad_to: int) -> dict[str, torch.Tensor]:
-    """Each job's features of the batch; images normalised once per (size, mean, std, view)."""
-    if not len(batch.rows):
-        return {}
+def _describe(root: Path, item: ImageSource) -> str:
+    return str(image_source(root, item)) if isinstance(item, (str, Path)) else f"a {type(item).__name__}"
+
+
+def forward_features(images: dict[int, torch.Tensor], jobs: Sequence[_Job], models: dict[tuple, FrozenBackbone],
+                     device: torch.device, pad_to: int = 0) -> dict[str, torch.Tensor]:
+    """Each job's features of one batch of uint8 images (by size); images normalised once per (size, mean,
+    std, view). Extraction's step, and the traced forward of an exported model."""
     inputs: dict[tuple, torch.Tensor] = {}
     features = {}
     for job in jobs:
-        backbone = models[job.target.spec.name]
+        backbone = models[job.target.model_key]
         key = (job.target.size, backbone.prep.mean, backbone.prep.std, job.view)
         if key not in inputs:
-            pixels = batch.images[job.target.size].to(device, non_blocking=True)
+            pixels = images[job.target.size].to(device, non_blocking=True)
             x = normalize(pixels.flip(-1) if job.view == HFLIP else pixels, backbone.mean, backbone.std)
             inputs[key] = pad_rows(x, pad_to)
-        features[job.dataset] = backbone(inputs[key])[: len(batch.rows)]
+        rows = images[job.target.size].shape[0]  # not len(): a traced batch size stays symbolic
+        features[job.dataset] = backbone(inputs[key])[:rows]
     return features
 
 
 def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     """x with zero rows appended up to `rows` (unchanged if it has as many already)."""
-    if len(x) >= rows:
+    if rows <= x.shape[0]:
         return x
-    return torch.cat([x, x.new_zeros((rows - len(x), *x.shape[1:]))]).contiguous(memory_format=torch.channels_last)
+    return torch.cat([x, x.new_zeros((rows - x.shape[0], *x.shape[1:]))]).contiguous(memory_format=torch.channels_last)
 
 
 class StagingWriter:
@@ -356,3 +398,85 @@ class StagingWriter:
 def _stage(staging: Staging, start: int, stop: int, batch: DecodedBatch, features: torch.Tensor | None) -> None:
     values = features.float().cpu().numpy() if features is not None else np.empty((0,), dtype=np.float32)
     staging.save(start, stop, batch.rows.numpy(), values, batch.failed_rows, batch.failed_reasons)
+
+
+@dataclass
+class ImageFeatures:
+    """Features of images given one by one, in memory: what a trained model reads to predict them."""
+
+    features: dict[str, np.ndarray]  # dataset -> (len(rows), ...) float32
+    rows: np.ndarray  # positions (in the images given) of the decoded images, ascending
+    failed: dict[int, str]  # position -> why that image could not be decoded
+
+
+class ImageFeaturizer:
+    """The features a cache recorded, made again for any images: no data folder, nothing written.
+
+        featurizer = ImageFeaturizer({"resnet34": settings, "resnet34_hflip": flipped_settings}, device="cpu")
+        found = featurizer(["new/a.jpg", pil_image])      # found.features["resnet34"]: (2, 512)
+
+    Each dataset's recorded settings (FeatureCache.settings, or what a trained model kept of them) give
+    its backbone, weights, pooling, size, precision, view and decoder; the datasets' models are built
+    once, and each must record exactly the settings it was given (its VALUE_SETTINGS), so features
+    made here are extraction's. `checkpoints`: fine-tuned files that recorded weights may name.
+    `precision` overrides the recorded one (an exported model computes in fp32).
+    """
+
+    def __init__(self, datasets: Mapping[str, Mapping[str, Any]], device: str = "auto",
+                 checkpoints: Sequence[Path] = (), precision: str | None = None) -> None:
+        self.device = resolve_device(device)
+        self.jobs: list[_Job] = []
+        self.decoders: dict[str, bool] = {}  # dataset -> whether its JPEGs are decoded on the device
+        for name, recorded in datasets.items():
+            spec = get_backbone(str(recorded["backbone"]))
+            weights, seed = weights_from_label(spec, str(recorded["weights"]), checkpoints)
+            target = _Target(spec, int(recorded["image_size"]), weights, seed, str(recorded["pool"]),
+                             precision or str(recorded["precision"]))
+            view, on_device = str(recorded.get("view", "")), recorded.get("decode") == DEVICE_DECODER
+            made = feature_settings(replace(target, precision=str(recorded["precision"])), view,
+                                    self.device, on_device)
+            differ = sorted(k for k in VALUE_SETTINGS if k in recorded and made[k] != recorded[k])
+            if differ:
+                raise CacheError(f"{name}: features recorded with {', '.join(f'{k}={recorded[k]!r}' for k in differ)} "
+                                 f"cannot be made again here (this cnnfeat makes {', '.join(repr(made[k]) for k in differ)})")
+            self.jobs.append(_Job(target, view, dict(recorded), name=name))
+            self.decoders[name] = on_device
+        self.models, shapes = _load_models({job.target.model_key: job.target for job in self.jobs}, self.device, {})
+        for job in self.jobs:
+            job.shape = shapes[job.target.model_key]
+
+    @property
+    def sizes(self) -> list[int]:
+        """The image sizes the datasets take, ascending."""
+        return sorted({job.target.size for job in self.jobs})
+
+    def __call__(self, images: Sequence[ImageSource], batch_size: int = 64, workers: int | None = None,
+                 progress: ProgressFn | None = None, what: str = "images") -> ImageFeatures:
+        """Features of every image that decodes; the others named with their reason. Paths are taken as
+        they are (relative to the working folder), pictures in memory as open_rgb takes them."""
+        n = len(images)
+        features = {job.dataset: np.zeros((n, *job.shape), dtype=np.float32) for job in self.jobs}
+        failed: dict[int, str] = {}
+        batches = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+        groups: dict[tuple[str, bool], list[_Job]] = {}
+        for job in self.jobs:  # one pass per precision and decoder (one in practice)
+            groups.setdefault((job.target.precision, self.decoders[job.dataset]), []).append(job)
+        for (precision, on_device), jobs in groups.items():
+            needed = tuple(job.dataset for job in jobs)
+
+            def keep(start: int, stop: int, _: tuple[str, ...], batch: DecodedBatch,
+                     found: dict[str, torch.Tensor]) -> None:
+                rows = batch.rows.numpy()
+                for name, values in found.items():
+                    features[name][rows] = values.float().cpu().numpy()
+                failed.update(zip(batch.failed_rows, batch.failed_reasons))
+
+            _pass(Path(), images, what, jobs, [(start, stop, needed) for start, stop in batches], self.models,
+                  precision, on_device, workers, self.device, progress, keep)
+        rows = np.array([row for row in range(n) if row not in failed], dtype=np.int64)
+        return ImageFeatures({name: values[rows] for name, values in features.items()}, rows, dict(sorted(failed.items())))
+
+    def forward(self, images: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{dataset: features} of a batch already resized to each of `sizes` (uint8, on the device): the
+        step an exported model traces."""
+        return forward_features(images, self.jobs, self.models, self.device)

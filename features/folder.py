@@ -15,11 +15,12 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from .config import DEFAULT_TRAIN_SPLIT
-from .errors import DataLayoutError
+from .errors import DataLayoutError, MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,50 @@ def label_of(path: str, classes: tuple[str, ...]) -> int:
 
 def _visible(entries: list[Path]) -> list[Path]:
     return sorted(p for p in entries if not p.name.startswith("."))
+
+
+def find_images(sources: Sequence[str | Path]) -> list[str]:
+    """Every image the sources name, in their order, each once: an image file itself; every image under a
+    folder, at any depth, sorted (hidden names skipped, as in a data folder); or the paths a text file lists,
+    one a line (relative to the list's folder unless absolute; blank lines and '#' comments skipped),
+    each a file (of any extension: the user named it) or a folder. A source that does not exist is an
+    error naming it."""
+    found: dict[str, None] = {}
+    missing = []
+    for source in sources:
+        path = Path(source)
+        if not path.exists():
+            missing.append(str(path))
+        elif path.is_dir():
+            found.update((str(p), None) for p in _images_under(path))
+        elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            found[str(path)] = None
+        else:
+            listed = _listed(path)
+            missing += [str(p) for p in listed if not p.exists()]
+            for item in listed:
+                found.update((str(p), None) for p in (_images_under(item) if item.is_dir() else [item]))
+    if missing:
+        raise MissingInputError(f"{len(missing)} image path(s) do not exist: {', '.join(missing[:5])}"
+                                f"{', ...' if len(missing) > 5 else ''}")
+    return list(found)
+
+
+def _images_under(folder: Path) -> list[Path]:
+    """Images at any depth under folder, sorted; hidden files and folders skipped."""
+    return sorted(p for p in folder.rglob("*") if _is_image(p)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _listed(path: Path) -> list[Path]:
+    """The paths a text file lists, one a line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (UnicodeDecodeError, OSError) as err:
+        raise DataLayoutError(f"{path} is neither an image ({', '.join(sorted(IMAGE_EXTENSIONS))}) nor a text file "
+                              f"listing images, one path a line ({type(err).__name__})") from err
+    entries = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    return [Path(entry) if Path(entry).is_absolute() else path.parent / entry for entry in entries]
 
 
 def _is_image(path: Path) -> bool:

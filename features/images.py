@@ -11,14 +11,14 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Sequence, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms.v2.functional import InterpolationMode, resize
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,33 @@ _UPRIGHT = {
 }
 
 
-def open_rgb(source: str | Path | bytes) -> Image.Image:
+# An image to decode: a file (a path, or its bytes), or a picture already decoded (a PIL image, or a
+# uint8 (3, H, W) RGB tensor) that a caller holds in memory
+ImageSource = Union[str, Path, bytes, Image.Image, torch.Tensor]
+
+
+def open_rgb(source: ImageSource) -> Image.Image:
     """Decode any PIL-readable image, upright as its EXIF orientation says, as 8-bit RGB.
 
-    Grayscale, palette, CMYK and 16-bit images become RGB; transparency is composited on white.
+    Grayscale, palette, CMYK and 16-bit images become RGB; transparency is composited on white. A PIL
+    image is converted the same way (so one opened by the caller gets what its file gets); a tensor must
+    be uint8 (3, H, W) RGB, already upright.
     """
+    if isinstance(source, torch.Tensor):
+        if source.dtype != torch.uint8 or source.ndim != 3 or source.shape[0] != 3:
+            raise ValueError(f"an image tensor must be uint8 (3, H, W) RGB, not {source.dtype} {tuple(source.shape)}")
+        return Image.fromarray(source.permute(1, 2, 0).numpy(), "RGB")
+    if isinstance(source, Image.Image):
+        source.load()
+        return _to_rgb(ImageOps.exif_transpose(source))
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
         img.load()
         return _to_rgb(ImageOps.exif_transpose(img))
+
+
+def image_source(root: Path, item: ImageSource) -> ImageSource:
+    """A split's item as open_rgb takes it: a path under root, or the decoded picture itself."""
+    return Path(root) / item if isinstance(item, (str, Path)) else item
 
 
 def square_tensor(img: Image.Image, size: int) -> torch.Tensor:
@@ -113,26 +132,24 @@ class DecodedBatch(NamedTuple):
 class ImageFiles(Dataset):
     """Item i is the split's image i, decoded once and resized to every size; a broken file yields its error.
 
-    With jpeg_bytes=True a JPEG comes back undecoded (its bytes and EXIF orientation), for
-    decode_on_device; other formats are still decoded here with PIL.
+    With jpeg_bytes=True a JPEG file comes back undecoded (its bytes and EXIF orientation), for
+    decode_on_device; other formats, and pictures given already decoded, are still made here with PIL.
     """
 
-    def __init__(self, root: Path, paths: Sequence[str], sizes: Sequence[int], jpeg_bytes: bool = False) -> None:
+    def __init__(self, root: Path, paths: Sequence[ImageSource], sizes: Sequence[int], jpeg_bytes: bool = False) -> None:
         self.root, self.paths, self.sizes, self.jpeg_bytes = Path(root), paths, tuple(sizes), jpeg_bytes
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, row: int) -> tuple[int, object, str]:
-        path = self.root / self.paths[row]
+        source = image_source(self.root, self.paths[row])
         try:
-            if self.jpeg_bytes:
-                data = path.read_bytes()
-                if is_whole_jpeg(data):
-                    return row, (data, exif_orientation(data)), "jpeg"
-                img = open_rgb(data)
-            else:
-                img = open_rgb(path)
+            if self.jpeg_bytes and isinstance(source, Path):
+                source = source.read_bytes()
+                if is_whole_jpeg(source):
+                    return row, (source, exif_orientation(source)), "jpeg"
+            img = open_rgb(source)
             return row, {size: square_tensor(img, size) for size in self.sizes}, ""
         except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files; each is a skip
             return row, None, f"{type(err).__name__}: {err}"
@@ -234,7 +251,23 @@ def decode_on_device(batch: DecodedBatch, root: Path, paths: Sequence[str], size
 
 def _resize_all(image: torch.Tensor, sizes: Sequence[int]) -> dict[int, torch.Tensor]:
     with torch.autocast(image.device.type, enabled=False):  # resize pixels in fp32 even under --precision
-        return {s: resize(image, [s, s], interpolation=InterpolationMode.BILINEAR, antialias=True) for s in sizes}
+        return {s: resize_square(image, s) for s in sizes}
+
+
+def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> uint8 (..., 3, size, size): bilinear, antialiased, as torchvision's resize.
+
+    On a CPU torch resizes uint8 itself (a kernel made to match PIL's BILINEAR); elsewhere in float,
+    rounded back. Written with F.interpolate alone, and no shortcut for an unchanged size, so that
+    torch.export traces one graph for every input size (exported models resize with it too).
+    """
+    x = images.reshape(-1, *images.shape[-3:])  # (..., 3, H, W) -> (N, 3, H, W)
+    if x.device.type == "cpu":
+        out = F.interpolate(x, size=[size, size], mode="bilinear", align_corners=False, antialias=True)
+    else:
+        out = F.interpolate(x.float(), size=[size, size], mode="bilinear", align_corners=False, antialias=True)
+        out = out.round_().to(torch.uint8)
+    return out.reshape(*images.shape[:-2], size, size)
 
 
 def _pil_sizes(path: Path, sizes: Sequence[int]) -> dict[int, torch.Tensor]:

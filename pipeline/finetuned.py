@@ -18,7 +18,7 @@ from .finetune.config import FINETUNED_PREFIX, FinetuneConfig, checkpoint_file, 
 from .outputs import Probabilities, metrics_dir, write_model_outputs, write_summary
 
 if TYPE_CHECKING:
-    from .finetune import FinetuneResult
+    from .finetune import FinetuneResult, Network
 
 
 def is_finetuned(model: str) -> bool:
@@ -87,3 +87,16 @@ def probabilities(workdir: Path, model: str, split: str, data: Path, device: str
     found = network_predictions(checkpoint(workdir, model), split, data, device, tta)
     return Probabilities.with_fallback(found.paths, found.labels, found.proba, found.classes, found.failed,
                                        np.asarray(found.failed_labels), found.class_prior)
+
+
+def network(workdir: Path, model: str, device: str = DEFAULT_DEVICE) -> "Network":
+    """The `finetuned-<backbone>` network built once, for predicting images (pipeline.inference)."""
+    from .finetune import load_network
+
+    return load_network(checkpoint(workdir, model), device)
+
+
+def checkpoints(workdir: Path) -> list[Path]:
+    """The workdir's fine-tuned checkpoints: the files `extract --weights` may have read."""
+    folder = finetuned_dir(workdir)
+    return sorted(folder.glob("*.pt")) if folder.is_dir() else []

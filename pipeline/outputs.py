@@ -43,11 +43,14 @@ class Probabilities:
 
     @staticmethod
     def with_fallback(paths: list[str], labels: np.ndarray, proba: np.ndarray, classes: tuple[str, ...],
-                      failed: list[str], failed_labels: np.ndarray, prior: list[float]) -> "Probabilities":
+                      failed: list[str], failed_labels: np.ndarray, prior: list[float],
+                      given: list[str] | None = None) -> "Probabilities":
         """The decoded files' rows and, for every file that could not be decoded, the class prior, all in path
-        order: a submission has a row for every file, and says which rows are guesses."""
+        order (or in the order of `given`, every path once): a submission has a row for every file, and says
+        which rows are guesses."""
         every = list(paths) + list(failed)
-        order = np.argsort(every, kind="stable")
+        position = {path: i for i, path in enumerate(given)} if given is not None else None
+        order = np.argsort(every if position is None else [position[p] for p in every], kind="stable")
         rows = np.concatenate([proba.reshape(len(paths), len(classes)), np.tile(np.asarray(prior, np.float64), (len(failed), 1))])
         return Probabilities([every[i] for i in order], np.concatenate([labels, failed_labels]).astype(np.int64)[order],
                              rows[order], tuple(classes), sorted(failed))
@@ -126,6 +129,16 @@ def _blank_if_none(value: float | None) -> float | str:
 def read_summary(workdir: Path) -> list[dict[str, str]]:
     with open(metrics_dir(workdir) / SUMMARY, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def prediction_frame(probs: Probabilities) -> "pd.DataFrame":
+    """Predictions of images: `path`, a probability column per class, and `label`, the most probable class."""
+    import pandas as pd  # only here, as in submission_frame
+
+    frame = pd.DataFrame(probs.proba, columns=list(probs.classes))
+    frame.insert(0, "path", probs.paths)
+    frame["label"] = [probs.classes[i] for i in probs.proba.argmax(axis=1)] if len(probs.paths) else []
+    return frame
 
 
 def submission_frame(probs: Probabilities, kaggle_binary: bool = False, clip: float | None = None) -> "pd.DataFrame":

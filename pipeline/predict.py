@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from features import (ConfigError, FeatureCache, accuracy, atomic_output, cache_path, check_fresh, did_you_mean,
+from features import (ConfigError, FeatureCache, ProgressFn, accuracy, atomic_output, cache_path, check_fresh,
+                      did_you_mean,
                       log_loss, scan_data_folder, writes_workdir)
 
 from . import finetuned
@@ -125,8 +126,11 @@ def _up_to_date(cfg: PredictConfig, key: str) -> PredictResult | None:
 
 
 @writes_workdir
-def predict(cfg: PredictConfig) -> PredictResult:
-    """Write the submission (skipped when it is up to date); score it too when the split is labeled."""
+def predict(cfg: PredictConfig, progress: ProgressFn | None = None) -> PredictResult:
+    """Write the submission (skipped when it is up to date); score it too when the split is labeled. With
+    cfg.images, the predictions of those images instead (pipeline.inference)."""
+    if cfg.images:
+        return _predict_images(cfg, progress)
     data = _image_folder(cfg)
     key = _submission_key(cfg, data)
     if (result := _up_to_date(cfg, key)) is not None:
@@ -145,3 +149,14 @@ def predict(cfg: PredictConfig) -> PredictResult:
         stamp = {"key": key, "model": cfg.model, "split": cfg.split, **{f: getattr(result, f) for f in RESULT_FIELDS}}
         tmp.write_text(json.dumps(stamp) + "\n")
     return result
+
+
+def _predict_images(cfg: PredictConfig, progress: ProgressFn | None) -> PredictResult:
+    """The model on images anywhere, written as path, a probability per class, label; always computed."""
+    from .inference import load_predictor
+
+    found = load_predictor(cfg.workdir, cfg.model, cfg.device, cfg.tta).predict(list(cfg.images), progress=progress)
+    cfg.output.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(cfg.output) as tmp:
+        found.frame.to_csv(tmp, index=False)
+    return PredictResult(cfg.output, len(found.frame), written=True, fallback=found.fallback)

@@ -173,3 +173,35 @@ def digits10_workdir(digits10_cache: Path, tmp_path: Path) -> Path:
     workdir.mkdir()
     shutil.copy(digits10_cache / "features.h5", workdir / "features.h5")
     return workdir
+
+
+def exif_rotated_jpeg(path: Path, orientation: int = 6) -> Path:
+    """A digit-like 64x48 JPEG stored sideways, with the EXIF orientation that turns it upright."""
+    from PIL import Image
+
+    pixels = np.full((48, 64, 3), 255, dtype=np.uint8)
+    pixels[8:40, 20:30] = 0  # a dark stroke, off centre, so a wrong turn changes the features
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, "JPEG", exif=exif.tobytes(), quality=95)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_digits(digits_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workdir with every kind of head (probes, +hflip, concat, ensemble, best) trained on digits whose test split
+    also holds an EXIF-rotated JPEG, a grayscale PNG of another size and a file that does not decode. Shared: read only."""
+    from PIL import Image
+
+    from pipeline.heads import HeadConfig, select_best, train_concat, train_ensemble, train_linear_heads
+
+    root = tmp_path_factory.mktemp("trained_digits")
+    data = Path(shutil.copytree(digits_folder, root / "data"))
+    exif_rotated_jpeg(data / "test" / "rotated.jpg")
+    Image.open(data / "test" / "1.jpg").convert("L").resize((57, 71)).save(data / "test" / "gray.png")
+    (data / "test" / "broken.jpg").write_bytes(b"not a JPEG at all")
+    workdir = root / "work"
+    extract(extract_config(data, workdir, views=("hflip",), batch_size=16))
+    cfg = HeadConfig(workdir=workdir, c_grid=(0.1, 10.0), folds=2, max_iter=50, epochs=3)
+    train_linear_heads(cfg), train_concat(cfg), train_ensemble(cfg), select_best(cfg)
+    return workdir

@@ -19,7 +19,7 @@ import pytest
 
 from features import ExtractConfig, PrepareConfig
 from pipeline.cli import main
-from pipeline.config import RUN_VIEWS, PredictConfig
+from pipeline.config import RUN_VIEWS, ExportConfig, PredictConfig
 from pipeline.finetune import FinetuneConfig
 from pipeline.heads import HeadConfig
 
@@ -132,6 +132,7 @@ COMMAND_SETTINGS = {
     "train-head": [(HeadConfig, {})],
     "ensemble": [(HeadConfig, {"head_batch_size": "batch_size"})],
     "predict": [(PredictConfig, {})],
+    "export": [(ExportConfig, {"format_": "format"})],
     "finetune": [(FinetuneConfig, {})],
     "prepare": [(PrepareConfig, {"label_pattern": None})],
     "run": [(ExtractConfig, {"extract_batch_size": "batch_size", "views": None}), (HeadConfig, {"head_batch_size": "batch_size"}),

@@ -201,7 +201,7 @@ def test_a_resume_fills_every_gap_to_the_same_features(reference, digits_folder,
 
 
 def test_missing_batches_are_cut_from_each_gap_on_the_batch_grid(tmp_path):
-    jobs = [extract_module._Job(extract_module._Target(get_backbone(name), 80), "", {}, Staging(tmp_path, "train", name, "k"))
+    jobs = [extract_module._Job(extract_module._Target(get_backbone(name), 80, "random", 0, "avg", "fp32"), "", {}, Staging(tmp_path, "train", name, "k"))
             for name in ("resnet34", "inception")]
     jobs[0].staging.save(0, 4, np.arange(4), np.zeros((4, 1)), [], [])
     jobs[0].staging.save(8, 12, np.arange(8, 12), np.zeros((4, 1)), [], [])

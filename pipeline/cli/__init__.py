@@ -4,6 +4,8 @@
     cnnfeat train-head --workdir runs/digits
     cnnfeat ensemble --workdir runs/digits
     cnnfeat predict --model best --workdir runs/digits
+    cnnfeat predict --model best --workdir runs/digits --images new/ photo.jpg
+    cnnfeat export --model best --workdir runs/digits --output digits.pt2
     cnnfeat finetune --data data/digits --workdir runs/digits --backbone resnet34 --train-layers layer4
     cnnfeat run --data data/digits --workdir runs/digits        # all of the above
     cnnfeat info --workdir runs/digits
@@ -34,7 +36,7 @@ def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
 
 
-for _command in (features.extract_command, heads.train_head_command, heads.ensemble_command, predict.predict_command,
+for _command in (features.extract_command, heads.train_head_command, heads.ensemble_command, predict.predict_command, predict.export_command,
                  finetune.finetune_command, run.run_command, heads.report_command, features.prepare_command,
                  features.info_command, features.backbones_command):
     main.add_command(_command)

@@ -18,7 +18,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from features import open_rgb, scan_data_folder, square_tensor, stratified_holdout, validation_plan
+from features import (ImageSource, image_source, open_rgb, scan_data_folder, square_tensor, stratified_holdout,
+                      validation_plan)
 
 from .config import FinetuneConfig
 
@@ -26,9 +27,10 @@ log = logging.getLogger(__name__)
 
 
 class ImageRows(Dataset):
-    """Files of a split as (uint8 image, label, row); an undecodable file gives an empty image, never an error."""
+    """Files of a split (or pictures in memory) as (uint8 image, label, row); an undecodable file gives an empty
+    image, never an error."""
 
-    def __init__(self, root: Path, paths: Sequence[str], labels: np.ndarray, size: int,
+    def __init__(self, root: Path, paths: Sequence[ImageSource], labels: np.ndarray, size: int,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.root, self.paths, self.labels, self.size, self.transform = root, list(paths), labels, size, transform
 
@@ -37,7 +39,7 @@ class ImageRows(Dataset):
 
     def __getitem__(self, row: int) -> tuple[torch.Tensor, int, int]:
         try:
-            image = square_tensor(open_rgb(self.root / self.paths[row]), self.size)
+            image = square_tensor(open_rgb(image_source(self.root, self.paths[row])), self.size)
         except Exception as err:  # noqa: BLE001 - any decoding failure: the file is skipped and named
             log.debug("cannot decode %s: %s", self.paths[row], err)
             return torch.zeros(0, dtype=torch.uint8), int(self.labels[row]), row
