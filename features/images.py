@@ -15,10 +15,12 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import InterpolationMode, resize
+
+from .pictures import open_rgb
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +40,6 @@ _UPRIGHT = {
 }
 
 
-def open_rgb(source: str | Path | bytes) -> Image.Image:
-    """Decode any PIL-readable image, upright as its EXIF orientation says, as 8-bit RGB.
-
-    Grayscale, palette, CMYK and 16-bit images become RGB; transparency is composited on white.
-    """
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-        img.load()
-        return _to_rgb(ImageOps.exif_transpose(img))
-
-
 def square_tensor(img: Image.Image, size: int) -> torch.Tensor:
     """(3, size, size) uint8, resized without cropping as the book did."""
     img = img.resize((size, size), Image.BILINEAR)
@@ -57,18 +49,6 @@ def square_tensor(img: Image.Image, size: int) -> torch.Tensor:
 def load_rgb(path: str | Path, size: int) -> torch.Tensor:
     """One image file as a (3, size, size) uint8 tensor."""
     return square_tensor(open_rgb(path), size)
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # PIL clips 16- and 32-bit gray to 255 when converting; scale to 8 bits instead.
-        wide = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if img.mode.startswith("I;16") or wide.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(wide / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 def exif_orientation(data: bytes) -> int:
