@@ -6,9 +6,9 @@
     issues = label_issues(read_predictions(workdir, "best", OUT_OF_FOLD))
 
 Likely label errors come from out-of-fold probabilities (each training row predicted by a model that
-did not see it) by confident learning, with cleanlab (Northcutt et al., JAIR 2021): a row is an issue
-when its given label is improbable against the per-class thresholds cleanlab estimates, not merely
-when the model disagrees. Imports no torch.
+did not see it) by confident learning, with cleanlab (Northcutt et al., JAIR 2021): how many labels
+are wrong is estimated from per-class thresholds of confidence, not from mere disagreement with the
+model, and the rows whose given label the model finds least probable are those. Imports no torch.
 """
 
 from __future__ import annotations
@@ -89,16 +89,17 @@ def top_losses(probs: Probabilities, top: int, rows: np.ndarray | None = None) -
 
 
 def label_issues(probs: Probabilities) -> list[LabelIssue]:
-    """Rows whose given label is likely wrong, by cleanlab's confident learning on out-of-fold probabilities,
-    likeliest first. Empty when a class has fewer than two rows: no threshold can be estimated for it."""
+    """Rows whose given label is likely wrong, likeliest first: cleanlab's label quality scores (self-confidence)
+    cut at its estimate of how many labels are wrong (the calibrated confident joint's off-diagonal), the recipe
+    its documentation gives for a ranking. Empty when a class has fewer than two rows to estimate from."""
     if len(probs.labels) == 0 or np.bincount(probs.labels, minlength=len(probs.classes)).min() < 2:
         return []
-    from cleanlab.filter import find_label_issues  # only here: cleanlab loads scikit-learn and scipy
+    from cleanlab.count import num_label_issues  # only here: cleanlab loads scikit-learn and scipy
     from cleanlab.rank import get_label_quality_scores
 
     proba = probs.proba / probs.proba.sum(1, keepdims=True)  # cleanlab checks the rows sum to 1 to 1e-6
-    flagged = np.flatnonzero(find_label_issues(probs.labels, proba, n_jobs=1))
     scores = get_label_quality_scores(probs.labels, proba)
+    count = num_label_issues(probs.labels, proba, estimation_method="off_diagonal_calibrated")
     suggested = proba.argmax(1)
     return [LabelIssue(probs.paths[r], probs.classes[probs.labels[r]], probs.classes[suggested[r]], float(scores[r]))
-            for r in flagged[np.argsort(scores[flagged], kind="stable")]]
+            for r in np.argsort(scores, kind="stable")[:count]]
