@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -144,3 +145,20 @@ def test_a_rebuilt_page_reuses_its_thumbnails_and_drops_stale_ones(trained_workd
 def test_report_refuses_a_similarity_outside_0_1(trained_workdir):
     result = CliRunner().invoke(main, ["report", "--workdir", str(trained_workdir), "--similarity", "1.5"])
     assert result.exit_code == 2 and "--similarity" in result.output
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (apt-get install chromium) to open the page in")
+def test_the_page_opens_in_headless_chromium(trained_workdir, tmp_path):
+    page = build_reports(trained_workdir).page
+    shot = tmp_path / "page.png"
+    browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    dom = subprocess.run(browser + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    subprocess.run(browser + ["--window-size=1280,2000", f"--screenshot={shot}", page.as_uri()], capture_output=True,
+                   timeout=120)
+    rendered = PageLinks()
+    rendered.feed(dom.stdout)
+    assert {key for key, _ in SECTIONS} <= rendered.ids, dom.stderr[-2000:]
+    assert shot.read_bytes().startswith(PNG)
