@@ -6,7 +6,7 @@
     outputs.py     what every model leaves in the workdir: metrics, summary, submission frame
     predict.py     stage 4: the submission, from a head or a fine-tuned network
     status.py      which of the workdir's models are up to date
-    report.py      training curves and confusion matrices
+    report/        the offline HTML report: models, mistakes, label errors, near-duplicates
     run.py         `cnnfeat run`: every stage in order
     cli/           the `cnnfeat` command, one module per command group
 """
