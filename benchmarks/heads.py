@@ -33,18 +33,21 @@ LABEL_NOISE = 0.02  # share of images whose features belong to a random class, l
 PARTS = ("probes", "concat", "ensemble", "best")
 
 
-def make_cache(workdir: Path, rows: int, backbones: list[str], classes: int, train_only: bool, seed: int = 0) -> None:
-    """A features.h5 of class-dependent Gaussian features: train, and valid (a twelfth of train) unless train_only."""
+def make_cache(workdir: Path, rows: int, backbones: list[str], classes: int, train_only: bool, seed: int = 0,
+               test: int = 0, data_root: str = "/nowhere") -> None:
+    """A features.h5 of class-dependent Gaussian features: train, valid (a twelfth of train) unless train_only, and
+    `test` unlabeled rows; its paths are relative to data_root."""
     from features import cache_path
     from features.staging import Staging
     from features.store import SplitContent, commit_cache
 
     rng = np.random.default_rng(seed)
     centers = {name: rng.normal(size=(classes, DIMS[name])).astype(np.float32) for name in backbones}
-    splits = [("train", rows)] + ([] if train_only else [("valid", max(rows // 12, 50))])
+    splits = [("train", rows)] + ([] if train_only else [("valid", max(rows // 12, 50))]) + ([("test", test)] if test else [])
     contents = []
     for split, n in splits:
         labels = np.sort(rng.integers(0, classes, size=n))  # a real cache is sorted by path, i.e. by class
+        labeled = split != "test"
         truth = np.where(rng.random(n) < LABEL_NOISE, rng.integers(0, classes, size=n), labels)
         staged = {}
         for name in backbones:
@@ -56,9 +59,10 @@ def make_cache(workdir: Path, rows: int, backbones: list[str], classes: int, tra
             settings = dict(backbone=name, weights="random:seed=0", pool="avg", image_size=299, precision="fp32",
                             orientation="exif", view="")
             staged[name] = (staging, settings, (DIMS[name],))
-        paths = tuple(f"{split}/c{label}/{i:07d}.jpg" for i, label in enumerate(labels))
-        contents.append(SplitContent(split, split, paths, labels.astype(np.int64), True, staged))
-    commit_cache(cache_path(workdir), tuple(f"c{i}" for i in range(classes)), "/nowhere", contents)
+        paths = tuple(f"{split}/c{label}/{i:07d}.jpg" if labeled else f"{split}/{i:07d}.jpg" for i, label in enumerate(labels))
+        contents.append(SplitContent(split, split, paths, labels.astype(np.int64) if labeled else np.full(n, -1),
+                                     labeled, staged))
+    commit_cache(cache_path(workdir), tuple(f"c{i}" for i in range(classes)), data_root, contents)
 
 
 def book_head(workdir: Path, backbone: str, epochs: int = 10) -> float:

@@ -11,14 +11,16 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
-from typing import NamedTuple, Sequence, Union
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
+
+from .pictures import ImageSource, open_rgb
 
 log = logging.getLogger(__name__)
 
@@ -38,30 +40,6 @@ _UPRIGHT = {
 }
 
 
-# An image to decode: a file (a path, or its bytes), or a picture already decoded (a PIL image, or a
-# uint8 (3, H, W) RGB tensor) that a caller holds in memory
-ImageSource = Union[str, Path, bytes, Image.Image, torch.Tensor]
-
-
-def open_rgb(source: ImageSource) -> Image.Image:
-    """Decode any PIL-readable image, upright as its EXIF orientation says, as 8-bit RGB.
-
-    Grayscale, palette, CMYK and 16-bit images become RGB; transparency is composited on white. A PIL
-    image is converted the same way (so one opened by the caller gets what its file gets); a tensor must
-    be uint8 (3, H, W) RGB, already upright.
-    """
-    if isinstance(source, torch.Tensor):
-        if source.dtype != torch.uint8 or source.ndim != 3 or source.shape[0] != 3:
-            raise ValueError(f"an image tensor must be uint8 (3, H, W) RGB, not {source.dtype} {tuple(source.shape)}")
-        return Image.fromarray(source.permute(1, 2, 0).numpy(), "RGB")
-    if isinstance(source, Image.Image):
-        source.load()
-        return _to_rgb(ImageOps.exif_transpose(source))
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-        img.load()
-        return _to_rgb(ImageOps.exif_transpose(img))
-
-
 def image_source(root: Path, item: ImageSource) -> ImageSource:
     """A split's item as open_rgb takes it: a path under root, or the decoded picture itself."""
     return Path(root) / item if isinstance(item, (str, Path)) else item
@@ -76,18 +54,6 @@ def square_tensor(img: Image.Image, size: int) -> torch.Tensor:
 def load_rgb(path: str | Path, size: int) -> torch.Tensor:
     """One image file as a (3, size, size) uint8 tensor."""
     return square_tensor(open_rgb(path), size)
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # PIL clips 16- and 32-bit gray to 255 when converting; scale to 8 bits instead.
-        wide = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if img.mode.startswith("I;16") or wide.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(wide / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 def exif_orientation(data: bytes) -> int:

@@ -8,7 +8,7 @@
     inference.py   a trained model on new images: load_predictor(workdir, model).predict(images)
     export.py      a trained model as one file that runs without cnnfeat (torch.export, ONNX)
     status.py      which of the workdir's models are up to date
-    report.py      training curves and confusion matrices
+    report/        the offline HTML report: models, mistakes, label errors, near-duplicates
     run.py         `cnnfeat run`: every stage in order
     cli/           the `cnnfeat` command, one module per command group
 """

@@ -1,6 +1,8 @@
 """What every model leaves in the workdir, and the submission: written and read here only.
 
-    write_model_outputs(workdir, name, metrics, history, validation)   # metrics/<name>.json, -history.csv, -valid.csv
+    write_model_outputs(workdir, name, metrics, history, validation, out_of_fold)
+                                     # metrics/<name>.json, -history.csv, -valid.csv, -oof.csv
+    validation = read_predictions(workdir, name, VALID)                # a Probabilities, or None
     write_summary(workdir)                                             # metrics/summary.csv: one row per model
     frame = submission_frame(probabilities, kaggle_binary=True, clip=0.005)
 
@@ -65,18 +67,50 @@ def read_metrics(workdir: Path, name: str) -> dict[str, Any]:
     return json.loads((metrics_dir(workdir) / f"{name}.json").read_text())
 
 
-def write_model_outputs(workdir: Path, name: str, metrics: dict, history: list[dict], validation: Probabilities) -> None:
-    """metrics/<name>.json, -history.csv and -valid.csv: what summary, report and status read of any model."""
+def write_model_outputs(workdir: Path, name: str, metrics: dict, history: list[dict], validation: Probabilities,
+                        out_of_fold: Probabilities | None = None) -> None:
+    """metrics/<name>.json, -history.csv, -valid.csv and -oof.csv (each training row's probabilities from a model
+    that did not see it, where folds were drawn): what summary, report and status read of any model."""
     folder = metrics_dir(workdir)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_output(folder / f"{name}.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     if history:  # `best` is a blend: nothing was trained step by step
         write_csv(folder / f"{name}-history.csv", list(history[0]), [list(r.values()) for r in history])
-    classes = validation.classes
-    write_csv(folder / f"{name}-valid.csv", ["path", "label", *classes],
-              [[p, classes[int(y)], *row] for p, y, row in zip(validation.paths, validation.labels.tolist(),
-                                                               validation.proba.tolist())])
+    _write_predictions(predictions_path(workdir, name, VALID), validation)
+    if out_of_fold is None:  # no folds this time: an older file would describe another training
+        predictions_path(workdir, name, OUT_OF_FOLD).unlink(missing_ok=True)
+    else:
+        _write_predictions(predictions_path(workdir, name, OUT_OF_FOLD), out_of_fold)
+
+
+VALID, OUT_OF_FOLD = "valid", "oof"  # metrics/<name>-valid.csv: the validation rows; -oof.csv: the training rows
+
+
+def predictions_path(workdir: Path, name: str, rows: str) -> Path:
+    return metrics_dir(workdir) / f"{name}-{rows}.csv"
+
+
+def _write_predictions(path: Path, probs: Probabilities) -> None:
+    classes = probs.classes
+    write_csv(path, ["path", "label", *classes],
+              [[p, classes[int(y)], *row] for p, y, row in zip(probs.paths, probs.labels.tolist(), probs.proba.tolist())])
+
+
+def read_predictions(workdir: Path, name: str, rows: str) -> Probabilities | None:
+    """A model's saved probabilities for its validation (VALID) or out-of-fold training (OUT_OF_FOLD) rows;
+    None when the model saved none. Classes are the CSV's columns, labels their indices."""
+    path = predictions_path(workdir, name, rows)
+    if not path.exists():
+        return None
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        classes = tuple(next(reader)[2:])
+        table = list(reader)
+    index = {c: i for i, c in enumerate(classes)}
+    proba = np.array([row[2:] for row in table], dtype=np.float64).reshape(len(table), len(classes))
+    return Probabilities([row[0] for row in table], np.array([index[row[1]] for row in table], dtype=np.int64),
+                         proba, classes)
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:

@@ -22,6 +22,7 @@ from pipeline.cli import main
 from pipeline.config import RUN_VIEWS, ExportConfig, PredictConfig
 from pipeline.finetune import FinetuneConfig
 from pipeline.heads import HeadConfig
+from pipeline.report import ReportConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("features", "pipeline")
@@ -135,6 +136,7 @@ COMMAND_SETTINGS = {
     "export": [(ExportConfig, {"format_": "format"})],
     "finetune": [(FinetuneConfig, {})],
     "prepare": [(PrepareConfig, {"label_pattern": None})],
+    "report": [(ReportConfig, {})],
     "run": [(ExtractConfig, {"extract_batch_size": "batch_size", "views": None}), (HeadConfig, {"head_batch_size": "batch_size"}),
             (PredictConfig, {})],
 }

@@ -137,7 +137,7 @@ def test_run_does_every_stage_then_nothing(digits_folder, tmp_path):
     second = _run(*args)
     assert second.exit_code == 0
     assert "Nothing to do" in second.output and second.output.count("(up to date)") == 10
-    assert "reports:" in first.output and "reports:" not in second.output  # nothing retrained, reports current
+    assert "report: " in first.output and "report: " not in second.output  # nothing retrained, the page current
     assert "best on test: up to date" in second.output
 
 

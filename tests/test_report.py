@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import csv
 import json
+import re
+import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
+from urllib.parse import unquote, urlsplit
 
 import h5py
 import pytest
@@ -12,7 +17,8 @@ from sklearn.metrics import recall_score
 from features import FeatureCache, cache_path
 from pipeline.cli import main
 from pipeline.heads import HeadConfig, class_probabilities, select_best, train_ensemble, train_linear_heads
-from pipeline.report import TRAINING_CURVES, build_reports, reports_dir
+from pipeline.report import DUPLICATES, LABEL_ISSUES, TRAINING_CURVES, build_reports, reports_dir
+from pipeline.report.page import SECTIONS
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -49,10 +55,12 @@ def test_reports_are_pictures_and_numbers_that_agree_with_training(trained_workd
 
 
 def test_reports_load_no_torch(trained_workdir):
-    code = ("import sys; sys.modules['torch'] = None\n"
-            f"from pipeline.report import build_reports; print(len(build_reports({str(trained_workdir)!r}).models))")
+    # torch is installed, so asked whether it was imported: blocking it (sys.modules['torch'] = None) breaks scipy,
+    # which cleanlab and scikit-learn load, as it probes for torch arrays
+    code = (f"import sys\nfrom pipeline.report import build_reports\nreport = build_reports({str(trained_workdir)!r})\n"
+            "print(len(report.models), 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.strip() == "4", done.stderr
+    assert done.returncode == 0 and done.stdout.strip() == "4 False", done.stderr
 
 
 def test_report_command_prints_the_comparison(trained_workdir, tmp_path):
@@ -76,3 +84,81 @@ def test_a_stale_model_is_left_out_with_a_note(digits10_workdir):
     assert "report leaves out ensemble: its features or the split files changed" in result.output
     report = build_reports(digits10_workdir)
     assert [r.model for r in report.models] == ["densenet121", "resnet34"]
+
+
+class PageLinks(HTMLParser):
+    """Every element id, and every (tag, href or src) of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.refs: list[tuple[str, str]] = []
+        self.tags: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        self.tags.add(tag)
+        self.ids |= {found["id"]} if found.get("id") else set()
+        self.refs += [(tag, found[key]) for key in ("href", "src") if found.get(key)]
+
+
+def test_the_page_is_one_offline_file_with_every_section(trained_workdir):
+    report = build_reports(trained_workdir)
+    folder = reports_dir(trained_workdir)
+    assert report.page == folder / "index.html" and report.shown == "best"
+    html = report.page.read_text()
+    page = PageLinks()
+    page.feed(html)
+    assert {key for key, _ in SECTIONS} <= page.ids
+    assert not page.tags & {"script", "link", "iframe"} and "url(" not in html and "@import" not in html
+    for tag, ref in page.refs:
+        parts = urlsplit(ref)
+        assert not parts.scheme and not parts.netloc, f"{tag} points outside: {ref}"
+        if ref.startswith("#"):
+            assert ref[1:] in page.ids, ref
+        else:
+            assert (folder / unquote(parts.path)).is_file(), ref
+    thumbs = {ref for tag, ref in page.refs if tag == "img" and ref.startswith("thumbs/")}
+    originals = {ref for tag, ref in page.refs if tag == "a" and ref.endswith(".jpg") and not ref.startswith("thumbs/")}
+    assert len(thumbs) >= 24 and len(originals) == len(thumbs)
+    assert all((folder / t).stat().st_size < 8000 for t in thumbs)  # a few KB each
+    assert {p.name for p in (folder / "thumbs").iterdir()} == {t.split("/")[-1] for t in thumbs}
+    with open(folder / LABEL_ISSUES, newline="") as handle:
+        issues = list(csv.DictReader(handle))
+    assert report.label_issues == len(issues) and (not issues or list(issues[0]) == ["path", "given_label", "suggested_label", "score"])
+    assert (folder / DUPLICATES).read_text().splitlines()[0] == "path_a,split_a,path_b,split_b,similarity"
+    assert report.duplicates.backbone == "resnet34" and report.duplicates.images == 820
+    matrix = html[html.index('<section id="confusion">'):].split("</section>")[0]
+    counts = [int(n) for n in re.findall(r'<a href="#cell-\d+-\d+">(\d+)</a>', matrix)]
+    assert len(counts) >= 10 and sum(counts) == 200  # every validation row is in a cell that links to its images
+
+
+def test_a_rebuilt_page_reuses_its_thumbnails_and_drops_stale_ones(trained_workdir):
+    build_reports(trained_workdir)
+    thumbs = reports_dir(trained_workdir) / "thumbs"
+    before = {p.name: p.stat().st_mtime_ns for p in thumbs.iterdir()}
+    (thumbs / "0123456789abcdef0123.jpg").write_bytes(b"an image no longer shown")
+    build_reports(trained_workdir)
+    assert {p.name: p.stat().st_mtime_ns for p in thumbs.iterdir()} == before
+
+
+def test_report_refuses_a_similarity_outside_0_1(trained_workdir):
+    result = CliRunner().invoke(main, ["report", "--workdir", str(trained_workdir), "--similarity", "1.5"])
+    assert result.exit_code == 2 and "--similarity" in result.output
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (apt-get install chromium) to open the page in")
+def test_the_page_opens_in_headless_chromium(trained_workdir, tmp_path):
+    page = build_reports(trained_workdir).page
+    shot = tmp_path / "page.png"
+    browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    dom = subprocess.run(browser + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    subprocess.run(browser + ["--window-size=1280,2000", f"--screenshot={shot}", page.as_uri()], capture_output=True,
+                   timeout=120)
+    rendered = PageLinks()
+    rendered.feed(dom.stdout)
+    assert {key for key, _ in SECTIONS} <= rendered.ids, dom.stderr[-2000:]
+    assert shot.read_bytes().startswith(PNG)

@@ -1,4 +1,4 @@
-"""Commands of the heads part: train-head, ensemble, report; the summary shown after training."""
+"""Commands of the heads part: train-head, ensemble, report; the summary and report after training."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import click
 from features import bounds_of
 
 from ..heads.config import BEST, C_GRID, HeadConfig
+from ..report.config import ReportConfig
 from .common import (NOTHING_HALF_WRITTEN, NumberList, backbones_option, device_option, force_option, handled, options,
-                     seed_option, setting_option, settings, workdir_option)
+                     seed_option, setting_option, settings, with_progress, workdir_option)
 
 
 head_common_options = options(
@@ -103,18 +104,18 @@ def ensemble_command(backbones: tuple[str, ...], **o: Any) -> None:
 
 
 def after_training(workdir: Path, results: list[Any]) -> None:
-    """The summary table, written and shown; the reports, rebuilt when a model changed."""
+    """The summary table, written and shown; the report page, rebuilt when a model changed."""
     from ..outputs import write_summary
-    from ..report import TRAINING_CURVES, build_reports, reports_dir
+    from ..report import PAGE, build_reports, reports_dir
 
     write_summary(workdir)
     _print_summary(workdir, {r.name: r.trained for r in results})
-    if any(r.trained for r in results) or not (reports_dir(workdir) / TRAINING_CURVES).exists():
-        report = build_reports(workdir)
+    if any(r.trained for r in results) or not (reports_dir(workdir) / PAGE).exists():
+        report = with_progress(lambda progress: build_reports(ReportConfig(workdir=workdir), progress), "report ")
         for name, why in report.skipped:
             click.echo(f"  (report leaves out {name}: {why})")
-        click.echo(f"reports: {reports_dir(workdir)} (training curves, a confusion matrix per model; "
-                   f"`cnnfeat report` compares them)")
+        click.echo(f"report: {report.page} (models, mistakes, likely label errors, near-duplicates; "
+                   f"`cnnfeat report` rebuilds it)")
 
 
 def _print_summary(workdir: Path, fresh: dict[str, bool]) -> None:
@@ -135,13 +136,19 @@ def _print_summary(workdir: Path, fresh: dict[str, bool]) -> None:
 
 @click.command("report")
 @workdir_option
+@setting_option("--similarity", ReportConfig,
+                help="Cosine similarity of whitened features from which two images are listed as near-duplicates.")
+@click.option("--duplicates-backbone", default=ReportConfig.duplicates_backbone,
+              help="Backbone whose features find near-duplicates; default: the cached one with the fewest values.")
+@setting_option("--gallery", ReportConfig, help="Images per gallery on the page (the CSVs list every one).")
 @handled(NOTHING_HALF_WRITTEN)
-def report_command(workdir: Path) -> None:
-    """Rebuild reports/ (training curves, confusion matrices) and compare every up-to-date model."""
-    from ..report import build_reports, reports_dir
+def report_command(**o: Any) -> None:
+    """Rebuild reports/index.html (models, mistakes, label errors, near-duplicates) and compare the models."""
+    cfg = settings(ReportConfig, **o)
+    from ..report import DUPLICATES, LABEL_ISSUES, build_reports
 
-    report = build_reports(workdir)
-    click.echo(f"reports: {reports_dir(workdir)}")
+    report = with_progress(lambda progress: build_reports(cfg, progress), "report ")
+    click.echo(f"report: {report.page}")
     for name, why in report.skipped:
         click.echo(f"  left out {name}: {why}")
     rows = report.models
@@ -152,3 +159,9 @@ def report_command(workdir: Path) -> None:
         click.echo(f"\nrecall per class {'':<5}" + "".join(f"{r.model[:13]:>14}" for r in rows))
         for name in rows[0].recall:
             click.echo(f"{name[:21]:<22}" + "".join(f"{r.recall[name]:14.3f}" for r in rows))
+    if report.label_issues is not None:
+        click.echo(f"\n{report.label_issues} likely label error(s) in the training rows ({report.shown}'s out-of-fold "
+                   f"predictions): {report.page.parent / LABEL_ISSUES}")
+    if report.duplicates is not None:
+        click.echo(f"{report.duplicates.found} near-duplicate pair(s) ({report.duplicates.backbone} features, similarity "
+                   f">= {report.duplicates.similarity:g}): {report.page.parent / DUPLICATES}")

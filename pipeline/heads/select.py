@@ -45,9 +45,14 @@ def select_best(cfg: HeadConfig) -> TrainResult:
             weights, evidence = greedy_selection(oof, y_train), "out-of-fold predictions on the training rows"
             mixed_oof = blend_proba([oof[n] for n in weights], list(weights.values()))
             temperature = fit_temperature([mixed_oof.clamp_min(EPS).log()], y_train) if cfg.calibrate else 1.0
+            train_paths = cache.paths(rows.train_split)
+            oof_proba = blend_proba([oof[n] for n in weights], list(weights.values()), temperature)
+            out_of_fold = Probabilities([train_paths[r] for r in rows.train], y_train.numpy(), oof_proba.numpy(),
+                                        cache.classes)
         else:  # no rows no model saw, so nothing may choose: every model, equally weighted
             weights = {name: 1 / len(members) for name in members}
             evidence, temperature = "nothing: too few training rows per class for folds, so an equal blend", 1.0
+            out_of_fold = None
         blend = Blend([(w, members[n][0]) for n, w in weights.items()], temperature)
         val_proba = blend_proba([members[n][1]["val_proba"] for n in weights], list(weights.values()), temperature)
         raw_val = blend_proba([members[n][1]["val_proba"] for n in weights], list(weights.values()))
@@ -65,7 +70,7 @@ def select_best(cfg: HeadConfig) -> TrainResult:
         save_model(heads_dir(cfg.workdir) / f"{BEST}.pt", blend, meta, {"val_proba": val_proba})
         split_paths = cache.paths(rows.val_split)
         validation = Probabilities([split_paths[r] for r in rows.val], y_val.numpy(), val_proba.numpy(), cache.classes)
-        write_model_outputs(cfg.workdir, BEST, metrics, [], validation)
+        write_model_outputs(cfg.workdir, BEST, metrics, [], validation, out_of_fold)
     write_summary(cfg.workdir)
     return TrainResult(BEST, metrics, trained=True)
 

@@ -12,7 +12,7 @@ C from a grid (or the epochs), the temperature that calibrates a model, and `bes
 on out-of-fold predictions. The validation rows (or the holdout standing in for them) only report,
 so their numbers are an honest estimate for unseen images. Writes, under the workdir:
 heads/<name>.pt and .json, and the model's outputs (pipeline.outputs: metrics/<name>.json,
--history.csv, -valid.csv).
+-history.csv, -valid.csv, -oof.csv).
 """
 
 from __future__ import annotations
@@ -103,8 +103,9 @@ def train_one(cache: FeatureCache, cfg: HeadConfig, cand: Candidate, rows: Rows)
     meta = model_meta(cache, cfg, cand.name, cand.kind, cand.backbones, cand.views, inputs, key, rows, metrics)
     save_model(heads_dir(cfg.workdir) / f"{cand.name}.pt", model, meta,
                {"oof_proba": oof_proba, "val_proba": val_proba, "oof_key": rows.key()})
+    out_of_fold = Probabilities(train[0].paths, y_train.numpy(), oof_proba.numpy(), classes) if oof else None
     write_model_outputs(cfg.workdir, cand.name, metrics, history,
-                        Probabilities(val[0].paths, y_val.numpy(), val_proba.numpy(), classes))
+                        Probabilities(val[0].paths, y_val.numpy(), val_proba.numpy(), classes), out_of_fold)
     return TrainResult(cand.name, metrics, trained=True, history=history)
 
 

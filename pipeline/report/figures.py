@@ -1,0 +1,76 @@
+"""The report's pictures drawn with matplotlib: a confusion matrix per model and every model's training curves.
+
+    save_figure(training_curves(workdir, ["resnet34", "best"]), reports / TRAINING_CURVES)
+
+matplotlib is imported inside the functions: it takes a second, and `cnnfeat info` never needs it.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from features import atomic_output
+
+from ..outputs import metrics_dir
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+TRAINING_CURVES = "training_curves.png"
+
+
+def confusion_figure(matrix: np.ndarray, classes: tuple[str, ...], title: str) -> "Figure":
+    from matplotlib.figure import Figure  # only here: matplotlib takes a second to import
+
+    size = len(classes)
+    figure = Figure(figsize=(2 + 0.6 * size, 1.5 + 0.6 * size), layout="constrained")
+    ax = figure.add_subplot()
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
+    ax.set(xticks=range(size), yticks=range(size), xticklabels=classes, yticklabels=classes,
+           xlabel="predicted", ylabel="true", title=title)
+    return figure
+
+
+# history columns <prefix>_loss / <prefix>_accuracy: a probe's sweep has out-of-fold ones, Adam's epochs the
+# training rows' and those of the fold that stopped it, fine-tuning's those of the holdout of train that did
+CURVES = (("train", "train"), ("out-of-fold", "oof"), ("held-out fold", "fold"), ("holdout of train", "holdout"))
+
+
+def training_curves(workdir: Path, names: list[str]) -> "Figure":
+    """One row per model: loss and accuracy per epoch (or per C of a probe's sweep) on the rows that chose it."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 2.6 * max(1, len(names))), layout="constrained")
+    axes = figure.subplots(max(1, len(names)), 2, squeeze=False)
+    for row, name in zip(axes, names):
+        path = metrics_dir(workdir) / f"{name}-history.csv"
+        history = list(csv.DictReader(path.read_text().splitlines())) if path.exists() else []
+        if not history:  # best: a blend, nothing trained step by step
+            row[0].set_axis_off()
+            row[1].set_axis_off()
+            row[0].set_title(f"{name}: a blend of other models")
+            continue
+        by_c = "C" in history[0]
+        x = [float(h["C" if by_c else "epoch"]) for h in history]
+        kept = next((xi for xi, h in zip(x, history) if h.get("chosen") == "True"), None)
+        for ax, quantity in zip(row, ("loss", "accuracy")):
+            for label, prefix in CURVES:
+                if f"{prefix}_{quantity}" in history[0]:
+                    ax.plot(x, [float(h[f"{prefix}_{quantity}"]) for h in history], label=label)
+            if kept is not None:
+                ax.axvline(kept, color="grey", linestyle=":", label=f"kept: {'C=' if by_c else 'epoch '}{kept:g}")
+            ax.set(title=f"{name}: {quantity}", xlabel="C (inverse L2 strength)" if by_c else "epoch",
+                   xscale="log" if by_c else "linear")
+            ax.legend(fontsize="small")
+    return figure
+
+
+def save_figure(figure: "Figure", path: Path) -> None:
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
