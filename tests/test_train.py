@@ -164,11 +164,12 @@ def test_refit_trains_the_chosen_configuration_on_train_and_validation_rows(digi
 
 
 def test_without_a_validation_split_a_stratified_share_of_train_is_held_out(digits10_workdir):
-    cfg = HeadConfig(workdir=digits10_workdir, val_split="dev", **QUICK)
-    (result,) = train_linear_heads(cfg, ["resnet34"])
+    with h5py.File(cache_path(digits10_workdir), "r+") as f:
+        del f["valid"]  # a download without valid/
+    (result,) = train_linear_heads(HeadConfig(workdir=digits10_workdir, **QUICK), ["resnet34"])
     metrics = result.metrics
     assert metrics["n_val"] == 40 and metrics["n_train"] == 360 and "held out" in metrics["val_split"]
-    assert "no 'dev' split" in metrics["val_split"]
+    assert "no 'valid' split" in metrics["val_split"]
 
 
 def test_a_head_is_retrained_only_when_a_setting_it_uses_changes(digits10_workdir):

@@ -66,9 +66,12 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
-        self.c_grid = tuple(self.c_grid)
-        check_bounds(self)  # each C among them, before they are read as numbers
-        self.c_grid = tuple(sorted(float(c) for c in self.c_grid))
+        try:  # a grid from TOML or Python may spell its numbers as strings: one representation, one key
+            self.c_grid = tuple(float(c) for c in self.c_grid)
+        except (TypeError, ValueError):
+            raise ConfigError(f"c_grid must be numbers above 0, not {self.c_grid!r}", setting="c_grid") from None
+        check_bounds(self)
+        self.c_grid = tuple(sorted(self.c_grid))
         if not self.c_grid:
             raise ConfigError("c_grid needs at least one value of C", setting="c_grid")
         require_choices(self, device=DEVICES)
