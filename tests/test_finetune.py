@@ -200,7 +200,8 @@ def test_each_book_backbone_trains_extracts_and_predicts(backbone: str, tmp_path
 def test_from_scratch_all_layers_beats_a_linear_head_on_frozen_random_features(tmp_path: Path) -> None:
     """The same loop, split, seed and budget: training every layer against training only the new classifier."""
     data = make_digits.write_digits(tmp_path / "data", [0, 1, 2, 3], 16, 8, 0, size=32)
-    runs = {layers: finetune(config(data, tmp_path / layers, weights="random", train_layers=layers, epochs=5, lr=3e-3))
+    runs = {layers: finetune(config(data, tmp_path / layers, backbone="resnet18", weights="random", train_layers=layers,
+                                    epochs=5, lr=3e-3))
             for layers in ("all", "fc")}
     tuned, linear = runs["all"].metrics, runs["fc"].metrics
     assert tuned["val_log_loss"] < linear["val_log_loss"] and tuned["val_accuracy"] > linear["val_accuracy"], \

@@ -254,9 +254,9 @@ def test_features_of_changed_files_are_refused_with_the_command_to_run(digits10_
 
 
 def test_heads_on_bf16_features_are_as_accurate_as_on_fp32(digits10_cache, tmp_path):
-    data = tmp_path / "data"  # four classes of the ten: bf16 convolutions are slow on a CPU without bf16 units
+    data = tmp_path / "data"  # two classes of the ten: bf16 convolutions are slow on a CPU without bf16 units
     for split in ("train", "valid"):
-        for digit in "0123":
+        for digit in "01":
             shutil.copytree(digits10_cache.parent / "data" / split / digit, data / split / digit)
     accuracy = {}
     for precision in ("fp32", "bf16"):
@@ -265,4 +265,4 @@ def test_heads_on_bf16_features_are_as_accurate_as_on_fp32(digits10_cache, tmp_p
                               image_size=IMAGE_SIZE, batch_size=64, precision=precision))
         (result,) = train_linear_heads(HeadConfig(workdir=workdir, select=False), ["resnet34"])
         accuracy[precision] = result.metrics["val_accuracy"]
-    assert accuracy["bf16"] >= accuracy["fp32"] - 1 / 80, accuracy  # one image of 80
+    assert accuracy["bf16"] >= accuracy["fp32"] - 1 / 40, accuracy  # one image of 40
