@@ -24,7 +24,7 @@ class PredictConfig:
     split: str = "test"
     output: Path | None = None  # default: <workdir>/submission.csv (with images: <workdir>/predictions.csv)
     kaggle_binary: bool = False  # Dogs vs Cats Redux: id,label = probability of the second class
-    clip: float | None = bounded(None, Bounds(0, 0.5, high_open=True))  # keep probabilities in [clip, 1 - clip]: log loss punishes certainty hard
+    clip: float | None = bounded(None, Bounds(0, 0.5, high_open=True))  # every probability in [clip, 1 - clip] (outputs.clip_probabilities): log loss punishes certainty hard
     tta: bool = False  # finetuned models: average the image's and its mirror's probabilities
     data: Path | None = None  # finetuned models decode images: default, the folder they were trained on
     device: str = DEFAULT_DEVICE

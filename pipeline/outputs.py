@@ -5,6 +5,7 @@
     validation = read_predictions(workdir, name, VALID)                # a Probabilities, or None
     write_summary(workdir)                                             # metrics/summary.csv: one row per model
     frame = submission_frame(probabilities, kaggle_binary=True, clip=0.005)
+    proba = clip_probabilities(proba, 0.005)                           # every value in [c, 1-c], rows sum to 1
 
 A model is a head on cached features or a fine-tuned network: either way its numbers land in
 metrics/, which `summary.csv`, the reports and `cnnfeat info` read. Imports no torch.
@@ -175,16 +176,41 @@ def prediction_frame(probs: Probabilities) -> "pd.DataFrame":
     return frame
 
 
+# halvings of the shift's interval (at most 2 wide): 2**-63 is below a float64's resolution of probabilities
+_BISECTION_STEPS = 64
+
+
+def clip_probabilities(proba: np.ndarray, clip: float) -> np.ndarray:
+    """Each row moved to the closest probability vector (Euclidean) whose every value lies in [clip, 1 - clip]:
+    p_k = min(max(q_k + t, clip), 1 - clip), one shift t per row, found by bisection. Clipping and then dividing
+    by the sum lets values leave the bounds again (3 classes, clip 0.02: 0.0196); a common shift keeps them in,
+    keeps every row summing to 1 and keeps the order of the classes. With K classes no row can hold K values
+    of at least clip > 1/K: refused."""
+    proba = np.asarray(proba, dtype=np.float64)  # (N, K)
+    n_classes = proba.shape[1]
+    if clip > 1 / n_classes:
+        raise ConfigError(f"--clip {clip} cannot hold with {n_classes} classes: {n_classes} probabilities of at "
+                          f"least {clip} sum to more than 1; the largest --clip for this model is "
+                          f"1/{n_classes} = {1 / n_classes:.6g}", setting="clip")
+    # the row's sum of clipped values grows with t: every value at clip (sum K*clip <= 1) at `low`,
+    # every value at 1 - clip (sum K*(1 - clip) >= 1) at `high`
+    low = clip - proba.max(axis=1, keepdims=True)  # (N, 1)
+    high = 1 - clip - proba.min(axis=1, keepdims=True)
+    for _ in range(_BISECTION_STEPS):
+        shift = (low + high) / 2
+        over = np.clip(proba + shift, clip, 1 - clip).sum(axis=1, keepdims=True) > 1
+        high = np.where(over, shift, high)
+        low = np.where(over, low, shift)
+    return np.clip(proba + (low + high) / 2, clip, 1 - clip)
+
+
 def submission_frame(probs: Probabilities, kaggle_binary: bool = False, clip: float | None = None) -> "pd.DataFrame":
     """The Kaggle submission: `id` (the file name without extension, in numeric order when every id is a
     number) and a probability column per class; with kaggle_binary, `id,label` = the second class's."""
     import pandas as pd  # only here: `cnnfeat info` reads this module and starts in a fraction of a second
 
     ids = [Path(p).stem for p in probs.paths]
-    proba = probs.proba
-    if clip:
-        proba = np.clip(proba, clip, 1 - clip)
-        proba = proba / proba.sum(axis=1, keepdims=True)
+    proba = clip_probabilities(probs.proba, clip) if clip else probs.proba
     if kaggle_binary:
         if len(probs.classes) != 2:
             raise ConfigError(f"--kaggle-binary needs exactly two classes, the model has {list(probs.classes)}")

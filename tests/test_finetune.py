@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -16,10 +17,12 @@ import torchvision
 from click.testing import CliRunner
 
 from features import FeatureCache, extract, get_backbone, load_rgb, preprocessing
+import pipeline.finetune.train as finetune_train
 from pipeline.cli import main
 from pipeline.config import PredictConfig
 from pipeline.finetune import FinetuneConfig, network_predictions
 from pipeline.finetune.config import CLASSIFIER as CLASSIFIER_LAYERS
+from pipeline.finetune.data import load_data
 from pipeline.finetune.network import chosen_blocks, new_model
 from pipeline.finetuned import train as finetune
 from pipeline.predict import predict
@@ -162,6 +165,47 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(tmp_path: Path, torc
     got = torch.load(resumed.checkpoint, weights_only=True)["state_dict"]
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     assert _timeless(resumed.history) == _timeless(whole.history)
+
+
+def test_an_epoch_is_logged_once_resume_keeps_it_and_broken_files_are_neither_counted_nor_forgotten(
+        tmp_path: Path, torch_home: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed while epoch 2's resume state is written: epoch 2 was never claimed. Killed after it, before the
+    network is saved: the resume trains nothing, so the broken training file it skipped must come from the state."""
+    data = make_digits.write_digits(tmp_path / "data", [0, 1, 2], 4, 2, 0, size=32)
+    (data / "train" / "0" / "zz-broken.png").write_bytes(b"not an image")  # a training row under seed 0, not held out
+    cfg = config(data, tmp_path / "w", train_layers="layer4", epochs=2)
+    train_paths = load_data(cfg, 32).train.paths
+    assert "train/0/zz-broken.png" in train_paths
+    caplog.set_level(logging.INFO, logger="pipeline.finetune.train")
+    write_state = finetune_train._write_state
+
+    def killed_writing_epoch_2(path: Path, state: dict) -> None:
+        if len(state["history"]) == 2 and not state["finished"]:
+            raise KeyboardInterrupt
+        write_state(path, state)
+
+    monkeypatch.setattr(finetune_train, "_write_state", killed_writing_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(cfg)
+    assert "epoch 1: " in caplog.text and "epoch 2: " not in caplog.text
+    monkeypatch.setattr(finetune_train, "_write_state", write_state)
+
+    def killed_saving(*args, **kwargs) -> None:
+        raise KeyboardInterrupt
+
+    save_network = finetune_train._save_network
+    monkeypatch.setattr(finetune_train, "_save_network", killed_saving)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(cfg)
+    assert "resuming after epoch 1 of 2" in caplog.text and "epoch 2: " in caplog.text
+    monkeypatch.setattr(finetune_train, "_save_network", save_network)
+    caplog.clear()
+    result = finetune(cfg)
+    assert "resuming after epoch 2 of 2" in caplog.text and "epoch 2: " not in caplog.text  # nothing trained again
+    assert result.skipped == ["train/0/zz-broken.png"]
+    assert result.metrics["n_train"] == len(train_paths) - 1
+    again = finetune(cfg)  # up to date: the finished state says which files were skipped
+    assert not again.trained and again.skipped == ["train/0/zz-broken.png"]
 
 
 @pytest.mark.parametrize("backbone", list(SMALL))

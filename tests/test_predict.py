@@ -5,11 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
-from features import CacheError, FeatureCache, cache_path, extract
+from features import CacheError, ConfigError, FeatureCache, cache_path, extract
 from pipeline.config import PredictConfig
 from pipeline.heads import HeadConfig, HeadError, class_probabilities, load_model, train_ensemble, train_linear_heads
-from pipeline.outputs import Probabilities, submission_frame
+from pipeline.outputs import Probabilities, clip_probabilities, submission_frame
 import pipeline.predict as predict_module
 from pipeline.predict import predict
 
@@ -41,6 +43,43 @@ def test_kaggle_binary_is_the_second_class_clipped():
     assert frame.label.tolist() == pytest.approx([0.02, 0.8])
     with pytest.raises(ValueError, match="exactly two classes"):
         submission_frame(_probs(["1"], [[0.2, 0.3, 0.5]], classes=("a", "b", "c")), kaggle_binary=True)
+
+
+@st.composite
+def _rows_and_clip(draw: st.DrawFn) -> tuple[np.ndarray, float]:
+    """A few probability rows of 2 to 10 classes (zeros, ones, near-ties among them) and a clip in (0, 1/K]."""
+    n_classes = draw(st.integers(2, 10))
+    cells = st.one_of(st.floats(0, 1), st.sampled_from([0.0, 1.0, 0.5, 1e-12]))
+    rows = np.array(draw(st.lists(st.lists(cells, min_size=n_classes, max_size=n_classes), min_size=1, max_size=5)))
+    assume((rows.sum(axis=1) > 1e-6).all())
+    clip = draw(st.floats(0, 1 / n_classes, exclude_min=True))
+    return rows / rows.sum(axis=1, keepdims=True), clip
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(_rows_and_clip())
+def test_clipping_keeps_every_value_within_bounds_rows_summing_to_one_and_the_order(rows_and_clip):
+    proba, clip = rows_and_clip
+    clipped = clip_probabilities(proba, clip)
+    assert (clipped >= clip).all() and (clipped <= 1 - clip).all()
+    np.testing.assert_allclose(clipped.sum(axis=1), 1, rtol=0, atol=1e-12)
+    for row, before in zip(clipped, proba):
+        assert (np.diff(row[np.argsort(before, kind="stable")]) >= 0).all()  # a larger probability stays no smaller
+        top, second = np.sort(before)[::-1][:2]
+        if top - second > 1e-9 and clip < 1 / len(row) - 1e-9:  # a unique top the bounds cannot tie
+            assert np.argmax(row) == np.argmax(before) and np.sort(row)[-2] < row.max()
+    np.testing.assert_allclose(clip_probabilities(clipped, clip), clipped, rtol=0, atol=1e-12)  # valid rows stay
+
+
+def test_clipping_three_classes_keeps_the_smallest_at_the_clip_and_refuses_a_clip_over_one_over_k():
+    frame = submission_frame(_probs(["1", "2"], [[0.999, 0.0005, 0.0005], [0.2, 0.3, 0.5]], classes=("a", "b", "c")),
+                             clip=0.02)  # clipping then renormalising wrote 0.0196 here
+    values = frame[["a", "b", "c"]].to_numpy()
+    assert values.min() >= 0.02 and values.max() <= 0.98
+    np.testing.assert_allclose(values, [[0.96, 0.02, 0.02], [0.2, 0.3, 0.5]], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(clip_probabilities(np.array([[1.0, 0, 0]]), 1 / 3), 1 / 3)
+    with pytest.raises(ConfigError, match=r"--clip 0\.34 cannot hold with 3 classes.*largest --clip .* 1/3 = 0\.333333"):
+        submission_frame(_probs(["1"], [[0.2, 0.3, 0.5]], classes=("a", "b", "c")), clip=0.34)
 
 
 def test_predict_writes_a_submission_and_scores_labeled_splits(digits10_workdir):

@@ -27,7 +27,7 @@ from .common import (NOTHING_HALF_WRITTEN, device_option, force_option, handled,
               callback=usable_path("--output"),
               help="[default: <workdir>/submission.csv; with --images, <workdir>/predictions.csv]")
 @click.option("--kaggle-binary", is_flag=True, help="Write id,label with label = probability of the second class.")
-@setting_option("--clip", PredictConfig, help="Clip probabilities to [clip, 1-clip] (log-loss safety).")
+@setting_option("--clip", PredictConfig, help="Keep every probability in [clip, 1-clip], rows summing to 1; at most 1/classes.")
 @click.option("--tta", is_flag=True, help="finetuned-<backbone>: average each image's and its mirror's probabilities.")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="finetuned-<backbone>: the data folder [default: the one it was trained on].")

@@ -29,7 +29,7 @@ from .predict import print_prediction
 @ensemble_options
 @head_batch_option()
 @click.option("--kaggle-binary", is_flag=True, help="Predict as id,label (two classes).")
-@setting_option("--clip", PredictConfig, help="Clip predicted probabilities to [clip, 1-clip].")
+@setting_option("--clip", PredictConfig, help="Keep every probability in [clip, 1-clip], rows summing to 1; at most 1/classes.")
 @force_option
 @handled(BATCHES_KEPT)
 def run_command(backbones: tuple[str, ...], **o: Any) -> None:

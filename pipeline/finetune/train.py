@@ -44,7 +44,7 @@ from .network import builder_kwargs, chosen_blocks, freeze, new_model, set_modes
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT = 3  # bumped when the resume checkpoint changes, so an old one starts over instead of failing
+STATE_FORMAT = 4  # bumped when the resume checkpoint changes, so an old one starts over instead of failing
 Normalizer = Callable[[torch.Tensor], torch.Tensor]  # uint8 (N, 3, H, W) on any device -> the network's input
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}  # --precision -> autocast dtype; fp32 runs without
 Shard = tuple[torch.Tensor, torch.Tensor, list[int]]  # one rank's evaluation: probabilities, rows, failed rows
@@ -282,8 +282,8 @@ def _finetune(cfg: FinetuneConfig, spec: BackboneSpec, size: int, data: Finetune
     if state is not None and state["finished"]:
         if out.exists():
             log.info("%s: up to date (%s)", model_name(spec.name), out)
-            return FinetuneResult(out, state["metrics"], state["history"], trained=False, classes=data.classes,
-                                  validation=state["validation"])
+            return FinetuneResult(out, state["metrics"], state["history"], trained=False, skipped=state["skipped"],
+                                  classes=data.classes, validation=state["validation"])
         state = None  # finished, but its checkpoint was removed since: train again
     model = new_model(spec, cfg.weights, len(data.classes), cfg.seed)
     trained = chosen_blocks(spec, model, cfg.train_layers)
@@ -311,7 +311,7 @@ def _finetune(cfg: FinetuneConfig, spec: BackboneSpec, size: int, data: Finetune
     if ranks.world_size > 1:
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     run = _Run(wrapped, normalizer(prep.mean, prep.std, device, cfg.channels_last), optimizer, scheduler, scaler, device, cfg, trained,
-               every, bn_train, ranks)
+               every, bn_train, ranks, set(state["skipped"]) if state is not None else set())
     sampler = None
     if ranks.world_size > 1:
         sampler = torch.utils.data.DistributedSampler(data.train, ranks.world_size, ranks.rank, seed=cfg.seed)
@@ -340,12 +340,16 @@ def _finetune(cfg: FinetuneConfig, spec: BackboneSpec, size: int, data: Finetune
         if improved:
             best = {"epoch": epoch, "loss": row.get("holdout_loss"),
                     "state": copy.deepcopy(model.state_dict()) if choosing else None}
-        log.info("epoch %d: %s", epoch, ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in row.items()
-                                                   if k.endswith(("loss", "accuracy"))))
+        # every rank's undecodable files: a resume after the last epoch trains nothing, so could not find them again
+        run.skipped = set().union(*ranks.gather(run.skipped))
         if ranks.main:
             _write_state(state_path, {"format": STATE_FORMAT, "key": key, "finished": False, "model": model.state_dict(),
                                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                      "scaler": scaler.state_dict(), "history": history, "best": best})
+                                      "scaler": scaler.state_dict(), "history": history, "best": best,
+                                      "skipped": sorted(run.skipped)})
+            # logged once it is on disk: an epoch said to be finished is one a resume does not train again
+            log.info("epoch %d: %s", epoch, ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in row.items()
+                                                       if k.endswith(("loss", "accuracy"))))
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     for row in history:
@@ -355,13 +359,13 @@ def _finetune(cfg: FinetuneConfig, spec: BackboneSpec, size: int, data: Finetune
     # plain tensors and lists: the resume checkpoint keeps them, and loads with weights_only=True
     validation = {"paths": [data.val.paths[r] for r in rows.tolist()],
                   "labels": torch.from_numpy(data.val.labels[rows.numpy()]), "proba": proba}
-    skipped = sorted(set().union(*ranks.gather(run.skipped)))  # every rank's, rank 0 reports them
+    skipped = sorted(run.skipped)  # every rank's: gathered each epoch, and the evaluations merge every rank's failures
     result = FinetuneResult(out, {}, history, skipped=skipped, classes=data.classes, validation=validation)
     if ranks.main:
         result.metrics = _save_network(cfg, spec, size, data, model, prep, trained, bn_train, best["epoch"], history,
-                                       validation)
+                                       validation, skipped)
         _write_state(state_path, {"format": STATE_FORMAT, "key": key, "finished": True, "history": history,
-                                  "metrics": result.metrics, "validation": validation})
+                                  "metrics": result.metrics, "validation": validation, "skipped": skipped})
     return result
 
 
@@ -388,14 +392,14 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
 
 def _save_network(cfg: FinetuneConfig, spec: BackboneSpec, size: int, data: FinetuneData, model: nn.Module, prep: Any,
                   trained: list[str], bn_train: bool, best_epoch: int, history: list[dict],
-                  validation: dict[str, Any]) -> dict[str, Any]:
+                  validation: dict[str, Any], skipped: list[str]) -> dict[str, Any]:
     """Write finetuned/<backbone>.pt; its metrics on the validation rows, and the kept epoch's on the rows that
-    chose it."""
+    chose it. n_train counts the training files that decoded, as the heads count theirs."""
     proba, labels = validation["proba"], validation["labels"]
     kept = history[best_epoch - 1] if best_epoch else {}
     metrics = {
         "model": model_name(spec.name), "kind": "finetuned", "backbones": [spec.name], "views": [],
-        "val_split": data.val_description, "n_train": len(data.train), "n_val": len(labels),
+        "val_split": data.val_description, "n_train": len(set(data.train.paths) - set(skipped)), "n_val": len(labels),
         "val_accuracy": accuracy(proba, labels), "val_log_loss": log_loss(proba, labels),
         "val_log_loss_uncalibrated": None, "temperature": 1.0,
         "train_accuracy": kept.get("train_accuracy"), "train_log_loss": kept.get("train_loss"),
