@@ -142,9 +142,9 @@ def build_model(spec: BackboneSpec, weights: str = "imagenet", seed: int = 0) ->
 
 
 # said once however many files are missing: the files and their folder are named above it
-TORCH_HUB_ADVICE = ("Copy the missing files into that folder (from the addresses shown, on a machine with internet), "
-                    "or set TORCH_HOME to a folder whose hub/checkpoints holds them; on an online machine the same "
-                    "command downloads them itself. --weights random makes a smoke run without them.")
+TORCH_HUB_ADVICE = ("Copy the missing files into that folder (download them from the addresses shown), or set\n"
+                    "TORCH_HOME to a folder whose hub/checkpoints holds them; online, the same command downloads them.\n"
+                    "--weights random makes a smoke run without them.")
 
 
 def load_checkpoint(spec: BackboneSpec, weights: str = "imagenet") -> dict[str, torch.Tensor]:
