@@ -233,7 +233,7 @@ def readme_run(tmp_path_factory: pytest.TempPathFactory) -> ReadmeRun:
 
 
 def test_every_block_runs_and_shows_what_cnnfeat_prints(readme_run):
-    assert readme_run.problems == []
+    assert not readme_run.problems, "\n".join(readme_run.problems)
 
 
 def test_a_block_running_another_program_says_why_it_is_not_run():
