@@ -134,13 +134,22 @@ def run_command(command: list[str]) -> Ran:
     return Ran(result.exit_code, result.stdout + "\n" + result.stderr)  # progress bars are on stderr
 
 
+DECIMAL = re.compile(r"\d+\.\d+")
+
+
 def line_pattern(shown: str) -> re.Pattern:
     """A shown line as a pattern: `...` stands for any text, a decimal number for any decimal number
     (scores and timings vary; names, headers, counts and file names must not), any run of spaces for any."""
+
+    def piece_pattern(piece: str) -> str:
+        if piece == "...":
+            return ".*"
+        if piece.isspace():
+            return r"\s+"
+        return DECIMAL.pattern if DECIMAL.fullmatch(piece) else re.escape(piece)
+
     pieces = re.split(r"(\.\.\.|\d+\.\d+|\s+)", shown.strip())
-    wild = {"...": ".*"}
-    return re.compile("".join(wild.get(p, r"\d+\.\d+" if re.fullmatch(r"\d+\.\d+", p) else
-                                       r"\s+" if p.isspace() else re.escape(p)) for p in pieces if p))
+    return re.compile("".join(piece_pattern(p) for p in pieces if p))
 
 
 def output_mismatches(shown: str, printed: str, home: Path) -> list[str]:
