@@ -141,6 +141,12 @@ def build_model(spec: BackboneSpec, weights: str = "imagenet", seed: int = 0) ->
     return source_of(spec).build(spec, weights, seed)
 
 
+# said once however many files are missing: the files and their folder are named above it
+TORCH_HUB_ADVICE = ("Copy the missing files into that folder (download them from the addresses shown), or set\n"
+                    "TORCH_HOME to a folder whose hub/checkpoints holds them; online, the same command downloads them.\n"
+                    "--weights random makes a smoke run without them.")
+
+
 def load_checkpoint(spec: BackboneSpec, weights: str = "imagenet") -> dict[str, torch.Tensor]:
     """A torchvision checkpoint from the hub cache (downloaded once if missing), never unpickling code."""
     enum = weights_enum(spec, weights)
@@ -150,7 +156,9 @@ def load_checkpoint(spec: BackboneSpec, weights: str = "imagenet") -> dict[str, 
             path.parent.mkdir(parents=True, exist_ok=True)  # a fresh machine has no hub cache yet
             torch.hub.download_url_to_file(enum.url, str(path), hash_prefix=_hash_prefix(path))
         except Exception as err:  # noqa: BLE001 - urllib's errors, a hash mismatch: the file is not to be had
-            raise WeightsUnavailableError(_missing_message(spec, path, enum.url, err)) from err
+            raise WeightsUnavailableError(
+                f"pretrained weights for {spec.name} are not cached and could not be downloaded ({err}).\n"
+                f"  missing file: {path.name} ({enum.url})\n  folder:       {path.parent}", TORCH_HUB_ADVICE) from err
     # torchvision's own loader unpickles with weights_only=False; a tampered file could run code
     return read_torch_file(path, f"a loadable checkpoint for {spec.name}", WeightsUnavailableError,
                            "delete it and run again to download it afresh, or replace it with a good copy")
@@ -160,13 +168,6 @@ def _hash_prefix(path: Path) -> str | None:
     """torchvision's file names end in the first digits of their SHA-256: resnet34-b627a593.pth."""
     stem = path.name.split(".")[0]
     return stem.rsplit("-", 1)[1] if "-" in stem else None
-
-
-def _missing_message(spec: BackboneSpec, path: Path, url: str, err: Exception) -> str:
-    return (f"pretrained weights for {spec.name} are not cached and could not be downloaded ({err}).\n"
-            f"  missing file: {path.name}\n  folder:       {path.parent}\n"
-            f"On an online machine run the same command once (it downloads {url}), or copy {path.name} "
-            f"into that folder, or pass --weights random for a smoke run.")
 
 
 def pool_features(fmap: torch.Tensor, pool: str) -> torch.Tensor:
@@ -382,10 +383,10 @@ class TimmSource:
             folder, name = timm_cache_folder(spec)
             raise WeightsUnavailableError(
                 f"pretrained weights for {spec.name} are not cached and could not be downloaded ({err}).\n"
-                f"  missing file: {name}\n  folder:       {folder}\n"
-                f"On an online machine run the same command once (timm downloads them from the Hugging Face "
-                f"Hub), or copy that folder into the cache (set HF_HOME to use another one), or pass --weights random."
-            ) from err
+                f"  missing file: {name}\n  folder:       {folder}",
+                "Copy the missing folders into the Hugging Face cache (or set HF_HOME to a cache that has them); "
+                "on an online machine timm downloads them from the Hugging Face Hub. --weights random makes a "
+                "smoke run without them.") from err
 
     def feature_extractor(self, spec: BackboneSpec, model: nn.Module, is_map: bool) -> tuple[nn.Module, str]:
         fold_batchnorm(model)

@@ -8,7 +8,7 @@ callers' code working as before.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from typing import Iterable, Sequence
 
 
 class CnnfeatError(Exception):
@@ -37,7 +37,19 @@ class WorkdirBusyError(CnnfeatError, RuntimeError):
 
 
 class WeightsUnavailableError(CnnfeatError, RuntimeError):
-    """Pretrained weights are neither cached nor downloadable (offline machine, broken file)."""
+    """Pretrained weights are neither cached nor downloadable (offline machine, broken file).
+
+    `missing` says what is lacking and `advice` what to do, apart, so that several models' missing
+    files are listed together with the advice given once (`joined`)."""
+
+    def __init__(self, missing: str, advice: str = "") -> None:
+        super().__init__(f"{missing}\n{advice}" if advice else missing)
+        self.missing, self.advice = missing, advice
+
+    @classmethod
+    def joined(cls, errors: Sequence["WeightsUnavailableError"]) -> "WeightsUnavailableError":
+        """One error for several models: every missing file, then each distinct piece of advice once."""
+        return cls("\n".join(e.missing for e in errors), "\n".join(dict.fromkeys(e.advice for e in errors if e.advice)))
 
 
 class MissingInputError(CnnfeatError, FileNotFoundError):

@@ -269,14 +269,14 @@ def _load_models(targets: dict[tuple, _Target], device: torch.device,
         try:
             backbone = load_backbone(target.spec, weights=target.weights, pool=target.pool, seed=target.seed)
         except WeightsUnavailableError as err:
-            missing.append(str(err))
+            missing.append(err)
             continue
         shapes[key] = backbone.feature_shape(target.size)
         backbone.cast_weights(DTYPES[target.precision])
         models[key] = backbone.to(device, memory_format=torch.channels_last)
         build_seconds[target.spec.name] = time.perf_counter() - started
     if missing:
-        raise WeightsUnavailableError("\n\n".join(missing))
+        raise WeightsUnavailableError.joined(missing)
     return models, shapes
 
 

@@ -32,15 +32,20 @@ _spec.loader.exec_module(make_digits)
 IMAGE_SIZE = 80  # Inception needs 75; small keeps the CPU tests fast
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test runs as on an offline machine: a download attempt fails like a missing network."""
+def go_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on an offline machine: a download attempt fails like a missing network."""
 
     def refuse(url: str, dst: str, *args: object, **kwargs: object) -> None:
         raise urllib.error.URLError("network disabled in tests")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # timm's Hugging Face downloads fail at once, as offline
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs as on an offline machine (session fixtures call go_offline themselves)."""
+    go_offline(monkeypatch)
 
 
 @contextmanager

@@ -232,6 +232,12 @@ def test_stage_commands_and_their_errors(digits_copy, tmp_path):
     assert valid.exit_code == 0 and "accuracy" in valid.output and (tmp_path / "v.csv").exists()
 
 
+def test_extract_help_names_every_kind_of_weights():
+    help_text = " ".join(_run("extract", "--help").output.split())
+    for kind in ("imagenet", "IMAGENET1K_V2", "path/to/<backbone>.pt", "random"):
+        assert kind in help_text, kind
+
+
 def test_version_help_info_and_prepare_start_without_torch(digits_folder, tmp_path):
     """They import no torch, torchvision, scikit-learn or matplotlib: those imports are made to fail here."""
     workdir = tmp_path / "work"

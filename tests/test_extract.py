@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from features import BOOK, ConfigError, FeatureCache, WeightsUnavailableError, WorkdirBusyError, extract, get_backbone, load_backbone
+from features.backbones import TORCH_HUB_ADVICE
 from features.extract import StagingWriter, pad_rows
 from features.images import DecodedBatch, load_rgb
 from features.staging import Staging
@@ -148,6 +149,8 @@ def test_offline_without_weights_names_every_missing_file_and_writes_nothing(emp
         extract(extract_config(digits_folder, tmp_path / "work", weights="imagenet"))
     for name in ("resnet34-b627a593.pth", "inception_v3_google-0cc3c7bd.pth", "densenet121-a639ec97.pth"):
         assert name in str(caught.value)
+    message = str(caught.value)  # every file named, the advice given once
+    assert message.count("TORCH_HOME") == message.count("--weights random") == 1 and message.endswith(TORCH_HUB_ADVICE)
     assert not (tmp_path / "work").exists()  # not even the lock: a failed run leaves nothing behind
 
 

@@ -21,8 +21,9 @@ def extract_options(views_default: tuple[str, ...]) -> Callable[..., Any]:
         click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
                      help="Folder with one subfolder per split: train/<class>/*.jpg, valid/<class>/*.jpg, test/*.jpg."),
         click.option("--weights", default=ExtractConfig.weights,
-                     help="imagenet: each model's pretrained weights; random: seeded, for smoke runs only; "
-                          "or a weights name of the model (IMAGENET1K_V2, see `cnnfeat backbones`)."),
+                     help="imagenet: each model's pretrained weights; a weights name of the model (IMAGENET1K_V2, "
+                          "see `cnnfeat backbones`); a fine-tuned checkpoint path/to/<backbone>.pt (what `cnnfeat "
+                          "finetune` writes); random: seeded, for smoke runs only."),
         click.option("--pool", type=click.Choice(POOLS), default=ExtractConfig.pool, help="none stores the whole feature map."),
         setting_option("--image-size", ExtractConfig,
                        help="Images are resized to this square size [default: 299 for the book's three, else each "
