@@ -56,7 +56,8 @@ def test_the_sweep_chooses_c_on_out_of_fold_predictions_then_fits_every_training
         weight, bias = fit_logistic([x_train[~held]], y_train[~held], 10, fit.c)
         np.testing.assert_allclose(view_proba(fit.oof)[held], view_proba(logits_of([x_train[held]], weight, bias)), atol=1e-2)
     weight, bias = fit_logistic([x_train], y_train, 10, fit.c)
-    assert _objective(x_train, y_train, fit.weight, fit.bias, fit.c) <= _objective(x_train, y_train, weight, bias, fit.c) * (1 + 1e-6)
+    # the same optimum from another start, to L-BFGS's own tolerances (the folds' float32 start differs by thread count)
+    assert _objective(x_train, y_train, fit.weight, fit.bias, fit.c) <= _objective(x_train, y_train, weight, bias, fit.c) * (1 + 1e-5)
 
 
 def test_without_folds_nothing_chooses_c(resnet_features):
