@@ -71,7 +71,7 @@ def head_stage(*stage_options: Callable[..., Any]) -> Callable[..., Any]:
 @backbones_option("--backbone", "Backbone(s) to fit a linear probe on, or all that the cache has.")
 @head_stage()
 def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
-    """Stage 2: a linear probe per backbone, its L2 strength swept and chosen on validation rows."""
+    """Stage 2: a linear probe per backbone, its L2 strength swept and chosen on out-of-fold predictions of the training rows."""
     cfg = head_config(o)
     from features import workdir_lock
 
@@ -152,7 +152,8 @@ def report_command(**o: Any) -> None:
     for name, why in report.skipped:
         click.echo(f"  left out {name}: {why}")
     rows = report.models
-    click.echo(f"\n{'model':<22} {'accuracy':>9} {'log loss':>9}  chosen on {rows[0].split if rows else 'validation'}")
+    scored_on = rows[0].split if rows else "validation"  # scored there; what each model chose, it chose on folds
+    click.echo(f"\n{'model':<22} {'accuracy':>9} {'log loss':>9}  chosen on training folds (scored on {scored_on})")
     for r in rows:
         click.echo(f"{r.model:<22} {r.accuracy:9.4f} {r.log_loss:9.4f}  {r.chosen}")
     if rows:
