@@ -35,14 +35,15 @@ from .backbones import (FrozenBackbone, default_image_size, load_backbone, norma
 from .config import HFLIP, ExtractConfig, ProgressFn
 from .devices import default_workers, resolve_device
 from .distributed import torchrun_ranks
-from .errors import CacheError, WeightsUnavailableError
+from .checkpoint import weights_tag
+from .errors import CacheError, ConfigError, WeightsUnavailableError
 from .folder import DataFolder, Split, scan_data_folder, scan_prepared_folder
 from .images import (DecodedBatch, DecodeStream, ImageFiles, ImageSource, collate_decoded, decode_on_device,
                      image_source)
 from .registry import BackboneSpec, get_backbone, resolve_backbones
 from .files import workdir_lock
 from .staging import VALUE_SETTINGS, Staging
-from .store import FeatureCache, SplitContent, cache_path, commit_cache, dataset_name, is_up_to_date
+from .store import FeatureCache, SplitContent, cache_path, commit_cache, dataset_name, feature_name, is_up_to_date
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,11 @@ class _Target:
     precision: str
 
     @property
+    def name(self) -> str:
+        """Its features' name: the backbone's, with the weights' tag where they are not the stock ones."""
+        return feature_name(self.spec.name, weights_tag(self.weights))
+
+    @property
     def model_key(self) -> tuple[str, str, int, str, str]:
         """Targets with equal keys share one built model (their sizes differ only in its input)."""
         return self.spec.name, self.weights, self.seed, self.pool, self.precision
@@ -97,7 +103,7 @@ class _Job:
 
     @property
     def dataset(self) -> str:
-        return self.name or dataset_name(self.target.spec.name, self.view)
+        return self.name or dataset_name(self.target.name, self.view)
 
 
 DEVICE_DECODER, PIL_DECODER = "torchvision.io.decode_jpeg", "PIL"  # recorded as each dataset's "decode"
@@ -116,10 +122,31 @@ def conv_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def _targets(cfg: ExtractConfig) -> list[_Target]:
-    """Each backbone with the size it runs at: --image-size, else its own default."""
-    return [_Target(spec, cfg.image_size or default_image_size(spec, cfg.weights), cfg.weights, cfg.seed, cfg.pool,
-                    cfg.precision) for spec in resolve_backbones(cfg.backbones)]
+# What the configs of one extraction may differ in: each group of backbones has its weights and size
+PER_GROUP = ("backbones", "weights", "image_size")
+
+
+def _targets(configs: Sequence[ExtractConfig]) -> list[_Target]:
+    """Each backbone of each config with the size it runs at: its image_size, else its own default. Where two
+    would make features of one name, the later config's wins."""
+    shared = [{k: v for k, v in vars(cfg).items() if k not in PER_GROUP} for cfg in configs]
+    if any(other != shared[0] for other in shared[1:]):
+        differ = sorted(k for other in shared[1:] for k in other if other[k] != shared[0][k])
+        raise ConfigError(f"the feature groups of one extraction differ in {', '.join(differ)}; only their "
+                          f"{', '.join(PER_GROUP)} may differ")
+    targets = {}
+    for cfg in configs:
+        for spec in resolve_backbones(cfg.backbones):
+            target = _Target(spec, cfg.image_size or default_image_size(spec, cfg.weights), cfg.weights, cfg.seed,
+                             cfg.pool, cfg.precision)
+            targets[target.name] = target
+    return list(targets.values())
+
+
+def feature_names(configs: ExtractConfig | Sequence[ExtractConfig]) -> list[str]:
+    """The names extraction gives these configs' plain-view features (the backbone, @ its weights' tag where they are
+    not the stock ones): what the heads are trained on."""
+    return [target.name for target in _targets([configs] if isinstance(configs, ExtractConfig) else configs)]
 
 
 def feature_settings(target: _Target, view: str, device: torch.device, on_device: bool) -> dict:
@@ -143,13 +170,15 @@ def feature_settings(target: _Target, view: str, device: torch.device, on_device
     }
 
 
-def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractReport:
-    """Bring the cache up to date with the data folder for the requested backbones.
+def extract(cfg: ExtractConfig | Sequence[ExtractConfig], progress: ProgressFn | None = None) -> ExtractReport:
+    """Bring the cache up to date with the data folder for the requested backbones: one config, or one per
+    group of backbones with their own weights and image size (a job's [[features]]), in one pass.
 
     Under torchrun every rank calls this; they share the work and rank 0 writes the cache.
     """
     started = time.perf_counter()
-    targets = _targets(cfg)
+    configs = [cfg] if isinstance(cfg, ExtractConfig) else list(cfg)
+    targets, cfg = _targets(configs), configs[0]
     path = cache_path(cfg.workdir)
     with torchrun_ranks(resolve_device(cfg.device)) as ranks, ExitStack() as held:
         device = ranks.device(resolve_device(cfg.device))
@@ -197,7 +226,7 @@ def _plan(folder: DataFolder, targets: list[_Target], cfg: ExtractConfig, device
             for target in targets:
                 for view in ("", *cfg.views):
                     settings = feature_settings(target, view, device, decodes_on_device(cfg, device))
-                    name = dataset_name(target.spec.name, view)
+                    name = dataset_name(target.name, view)
                     if not cfg.force and is_up_to_date(cache, split, fingerprint, name, settings):
                         plan.up_to_date.append((split, name))
                     else:

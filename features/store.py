@@ -45,6 +45,12 @@ def cache_path(workdir: str | Path) -> Path:
     return Path(workdir) / CACHE_NAME
 
 
+def feature_name(backbone: str, tag: str = "") -> str:
+    """A backbone's features at its stock weights are <backbone>; at other weights <backbone>@<tag>
+    (checkpoint.weights_tag: resnet18@finetuned-3f2a1b2c), so both live side by side."""
+    return f"{backbone}@{tag}" if tag else backbone
+
+
 def dataset_name(backbone: str, view: str = "") -> str:
     """/<split>/<backbone> holds the plain view, /<split>/<backbone>_<view> another (hflip: mirrored)."""
     return f"{backbone}_{view}" if view else backbone

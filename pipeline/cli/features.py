@@ -9,17 +9,19 @@ from typing import Any, Callable
 
 import click
 
-from features import DECODERS, DEFAULT_LABEL_PATTERN, POOLS, PRECISIONS, ConfigError, ExtractConfig, PrepareConfig
+from features import (DECODERS, DEFAULT_LABEL_PATTERN, POOLS, PRECISIONS, ConfigError, ExtractConfig, FeatureGroup,
+                      PrepareConfig, split_names)
 
-from .common import (BATCHES_KEPT, EXIT_PROBLEM, NOTHING_HALF_WRITTEN, backbones_option, device_option, force_option,
-                     handled, options, read_workdir_option, seed_option, setting_option, settings, views_option,
-                     usable_path, with_progress, workdir_option)
+from .common import (BATCHES_KEPT, EXIT_PROBLEM, JOB, NOTHING_HALF_WRITTEN, backbones_option, device_option,
+                     force_option, given, handled, job_workdir_option, options, read_workdir_option, record_job,
+                     seed_option, setting_option, settings, views_option, usable_path, with_progress)
 
 
 def extract_options(views_default: tuple[str, ...]) -> Callable[..., Any]:
     return options(
         click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-                     help="Folder with one subfolder per split: train/<class>/*.jpg, valid/<class>/*.jpg, test/*.jpg."),
+                     help="Folder with one subfolder per split: train/<class>/*.jpg, valid/<class>/*.jpg, test/*.jpg "
+                          "[default: the workdir's job's]."),
         click.option("--weights", default=ExtractConfig.weights,
                      help="imagenet: each model's pretrained weights; random: seeded, for smoke runs only; "
                           "or a weights name of the model (IMAGENET1K_V2, see `cnnfeat backbones`)."),
@@ -38,25 +40,62 @@ def extract_options(views_default: tuple[str, ...]) -> Callable[..., Any]:
     )
 
 
-def extract_config(o: dict[str, Any], backbones: tuple[str, ...]) -> ExtractConfig:
-    """The command's options as extraction settings (--batch-size is extract_batch_size: `run` has a head's too)."""
-    given = {**o, "backbones": backbones, "batch_size": o["extract_batch_size"]}
-    return settings(ExtractConfig, **{f.name: given[f.name] for f in fields(ExtractConfig) if f.name in given})
+def extract_config(o: dict[str, Any], group: FeatureGroup) -> ExtractConfig:
+    """The command's options as extraction settings for one group of backbones (--batch-size is
+    extract_batch_size: `run` has a head's too)."""
+    values = {**o, "backbones": group.backbones, "weights": group.weights, "image_size": group.image_size,
+              "batch_size": o["extract_batch_size"]}
+    return settings(ExtractConfig, **{f.name: values[f.name] for f in fields(ExtractConfig) if f.name in values})
+
+
+def feature_groups(o: dict[str, Any], backbones: tuple[str, ...]) -> tuple[list[FeatureGroup], list[FeatureGroup], list[str]]:
+    """(the groups this command extracts, the job's groups after it, what it changed in them).
+
+    Backbones named on the command line (or by --config) are extracted and added to the job, each at the
+    weights and size given, else at the ones the job has for it, else at the job's first group's. Without
+    them, the job's groups are extracted, with --weights and --image-size changing every group where given."""
+    job = click.get_current_context().meta.get(JOB)
+    if job is None or not job.features:
+        group = FeatureGroup(tuple(split_names(backbones)), o["weights"], o["image_size"])
+        return [group], [group], []
+    if given("backbones"):
+        groups = []
+        for name in split_names(backbones):
+            known = job.groups_for((name,)) or job.features
+            groups.append(FeatureGroup((name,), o["weights"] if given("weights") else known[0].weights,
+                                       o["image_size"] if given("image_size") else known[0].image_size))
+    else:
+        groups = [FeatureGroup(g.backbones, o["weights"] if given("weights") else g.weights,
+                               o["image_size"] if given("image_size") else g.image_size) for g in job.features]
+    changes = []
+    for group in groups:
+        job, changed = job.with_group(group)
+        changes += changed
+    extracted = groups if given("backbones") else job.features
+    return extracted, job.features, changes
+
+
+def job_extraction(o: dict[str, Any], backbones: tuple[str, ...]) -> list[ExtractConfig]:
+    """The extraction settings of this command, per feature group, once recorded in the workdir's job."""
+    extracted, recorded, changes = feature_groups(o, backbones)
+    configs = [extract_config(o, group) for group in extracted]  # refused (exit 2) before anything is recorded
+    record_job(o["workdir"], o, recorded, tuple(changes))
+    return configs
 
 
 @click.command("extract")
 @backbones_option("--backbone", "all (the book's resnet34, inception, densenet121), any torchvision model "
-                                "(`cnnfeat backbones`), timm:<name>; comma lists, repeatable.")
-@workdir_option
+                                "(`cnnfeat backbones`), timm:<name>; comma lists, repeatable [default: the job's].")
+@job_workdir_option
 @extract_options(())
 @force_option
 @handled(BATCHES_KEPT)
 def extract_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 1: decode every image once, run the frozen backbones, cache the features in HDF5."""
-    cfg = extract_config(o, backbones)
+    configs = job_extraction(o, backbones)
     from features import extract
 
-    report = with_progress(lambda progress: extract(cfg, progress=progress))
+    report = with_progress(lambda progress: extract(configs, progress=progress))
     if report.main:  # under torchrun, rank 0 speaks for all
         print_extract(report)
 

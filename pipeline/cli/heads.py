@@ -12,8 +12,9 @@ from features import bounds_of
 
 from ..heads.config import BEST, C_GRID, HeadConfig
 from ..report.config import ReportConfig
-from .common import (NOTHING_HALF_WRITTEN, NumberList, backbones_option, device_option, force_option, handled, options,
-                     seed_option, setting_option, settings, with_progress, workdir_option)
+from .common import (NOTHING_HALF_WRITTEN, NumberList, backbones_option, device_option, force_option, handled,
+                     job_workdir_option, options, record_job, seed_option, setting_option, settings, with_progress,
+                     workdir_option)
 
 
 head_common_options = options(
@@ -63,7 +64,7 @@ def head_config(o: dict[str, Any]) -> HeadConfig:
 
 def head_stage(*stage_options: Callable[..., Any]) -> Callable[..., Any]:
     """What train-head and ensemble both take, around their own options."""
-    return options(workdir_option, head_common_options, probe_options, *stage_options, seed_option, device_option,
+    return options(job_workdir_option, head_common_options, probe_options, *stage_options, seed_option, device_option,
                    force_option, handled(NOTHING_HALF_WRITTEN))
 
 
@@ -73,6 +74,7 @@ def head_stage(*stage_options: Callable[..., Any]) -> Callable[..., Any]:
 def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 2: a linear probe per backbone, its L2 strength swept and chosen on validation rows."""
     cfg = head_config(o)
+    record_job(cfg.workdir, o)
     from features import workdir_lock
 
     from ..heads import select_best, train_linear_heads
@@ -90,6 +92,7 @@ def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
 def ensemble_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 3: the book's three-branch head and the concatenation probe, then `best` among every model."""
     cfg = head_config(o)
+    record_job(cfg.workdir, o)
     from features import workdir_lock
 
     from ..heads import select_best, train_concat, train_ensemble
