@@ -101,15 +101,17 @@ def extract_command(backbones: tuple[str, ...], **o: Any) -> None:
 
 
 def print_extract(report: Any) -> None:
+    for note in report.notes:
+        click.echo(note)
     for split, skipped in report.skipped_files.items():
         click.echo(f"{split}: {len(skipped)} file(s) could not be decoded and are left out (see `cnnfeat info`)")
     if not report.computed:
         click.echo(f"Nothing to do: {report.cache} is up to date for {_pairs(report.up_to_date)}.")
         return
     ranks = f" by {len(report.images_per_rank)} ranks" if len(report.images_per_rank) > 1 else ""
-    built = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.build_seconds.items())
+    built = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.build_seconds.items()) or "none needed"
     click.echo(
-        f"Extracted {_pairs(report.computed)}: {report.images_decoded} images{ranks} in {report.seconds:.1f} s "
+        f"Extracted {_pairs(report.computed)}: {report.images_decoded} images decoded{ranks} in {report.seconds:.1f} s "
         f"({report.images_per_second:.1f} img/s; models built in {built}) -> {report.cache}"
     )
     if report.up_to_date:
