@@ -41,11 +41,11 @@ _EXPORTS = {
     "images": ("image_source", "load_rgb", "resize_square", "square_tensor"),
     "pictures": ("ImageSource", "open_rgb"),
     "prepare": ("DEFAULT_LABEL_PATTERN", "PROBLEMS_FILE", "PrepareConfig", "PrepareReport", "label_regex", "prepare"),
-    "registry": ("BOOK", "BackboneSpec", "get_backbone", "resolve_backbones", "split_names"),
-    "files": ("atomic_output", "workdir_lock", "writes_workdir"),
-    "staging": ("ORIGIN_SETTINGS", "STAGING_SETTINGS", "VALUE_SETTINGS"),
+    "registry": ("BOOK", "BackboneSpec", "get_backbone", "registry_names", "resolve_backbones", "split_names"),
+    "files": ("atomic_output", "lock_holder", "workdir_lock", "writes_workdir"),
+    "staging": ("ORIGIN_SETTINGS", "STAGING_SETTINGS", "VALUE_SETTINGS", "staged_rows"),
     "store": ("FeatureCache", "cache_path", "dataset_name", "feature_name"),
-    "job": ("JOB_NAME", "FeatureGroup", "Job", "job_path", "read_job", "write_job"),
+    "job": ("JOB_NAME", "FeatureGroup", "Job", "extract_hint", "job_path", "read_job", "write_job"),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -188,9 +188,9 @@ def extract(cfg: ExtractConfig | Sequence[ExtractConfig], progress: ProgressFn |
         plan = ranks.share(lambda: _plan(scan_prepared_folder(cfg.data), targets, cfg, device, path))
         report = ExtractReport(cache=path, up_to_date=plan.up_to_date, notes=plan.notes, main=ranks.main)
         running = [job for split, split_jobs in plan.jobs.items() for job in split_jobs
-                   if any(job.dataset in needed for _, _, needed in plan.batches[split])]
+                   if not job.shape or any(job.dataset in needed for _, _, needed in plan.batches[split])]
         decoded, models = 0, {}
-        if running:  # jobs without a batch (files only removed) keep their rows and need no model
+        if running:  # a job that keeps every row (files only removed) needs no model: the cache has its shape
             models, shapes = _load_models({job.target.model_key: job.target for job in running}, device,
                                           report.build_seconds)
             for job in running:

@@ -20,8 +20,9 @@ from typing import Any
 
 from .checkpoint import weights_tag
 from .config import ExtractConfig
-from .errors import ConfigError
+from .errors import CnnfeatError, ConfigError
 from .files import atomic_output
+from .registry import registry_names
 
 JOB_NAME = "job.toml"
 FEATURES = "features"  # the key of the [[features]] groups
@@ -71,10 +72,38 @@ class Job:
                 changes.append(f"{was} -> {FeatureGroup((backbone,), group.weights, group.image_size).describe()}")
         return replace(self, features=_grouped(entries)), changes
 
+    def feature_names(self) -> list[str]:
+        """The plain-view feature names the job extracts (store.feature_name), without loading torch."""
+        names = []
+        for group in self.features:
+            try:
+                tag = weights_tag(group.weights)
+            except CnnfeatError:  # a checkpoint since moved: its features cannot be named, nor made
+                continue
+            names += [f"{name}@{tag}" if tag else name for name in registry_names(group.backbones)]
+        return list(dict.fromkeys(names))
+
     def groups_for(self, backbones: tuple[str, ...]) -> list[FeatureGroup]:
         """The job's groups limited to these backbones (those the job does not know are left out)."""
         limited = [replace(g, backbones=tuple(b for b in g.backbones if b in backbones)) for g in self.features]
         return [g for g in limited if g.backbones]
+
+
+def extract_hint(workdir: str | Path, data: str | Path | None = None, backbone: str = "", views: str = "",
+                 force: bool = False) -> str:
+    """The extract command that, pasted as is, makes what is missing in this workdir: with a recorded job,
+    `--workdir` alone (the job knows the data, backbones, weights and sizes), and only a backbone or views
+    the job lacks; without one, --data too."""
+    job = read_job(workdir) if job_path(workdir).exists() else None
+    parts = ["cnnfeat extract"]
+    if job is None or not job.features:
+        parts.append(f"--data {data or 'DATA'}")
+    if backbone and (job is None or backbone not in job.feature_names()):
+        parts.append(f"--backbone {backbone}")
+    if views and (job is None or views not in job.settings.get("views", [])):
+        parts.append(f"--views {views}")
+    parts += ["--force"] * force + [f"--workdir {workdir}"]
+    return " ".join(parts)
 
 
 def _grouped(entries: list[tuple[str, str, int | None]]) -> list[FeatureGroup]:

@@ -37,6 +37,7 @@ import numpy as np
 
 from .errors import CacheError
 from .files import atomic_output, fsync_path
+from .job import extract_hint
 from .staging import VALUE_SETTINGS, Staging
 
 log = logging.getLogger(__name__)
@@ -274,17 +275,18 @@ class FeatureCache:
         self._settings: dict[tuple[str, str], dict] = {}
         if not self.path.exists():
             raise CacheError(
-                f"no feature cache at {self.path}; run `cnnfeat extract --data DATA --workdir {self.path.parent}` first"
+                f"no feature cache at {self.path}; run `{extract_hint(self.path.parent)}` first"
             )
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as err:
             raise CacheError(
-                f"{self.path} is not a readable HDF5 file ({err}); delete it and run `cnnfeat extract` again"
+                f"{self.path} is not a readable HDF5 file ({err}); delete it and run `{extract_hint(self.path.parent)}`"
             ) from err
         if self._file.attrs.get("format") != FORMAT:
             self._file.close()
-            raise CacheError(f"{self.path} is not a cnnfeat feature cache; delete it and run `cnnfeat extract` again")
+            raise CacheError(f"{self.path} is not a cnnfeat feature cache; delete it and run "
+                             f"`{extract_hint(self.path.parent)}`")
         if int(self._file.attrs.get("format_version", -1)) > FORMAT_VERSION:
             self._file.close()
             raise CacheError(f"{self.path} was written by a newer cnnfeat (format {self._file.attrs['format_version']})")
@@ -314,7 +316,8 @@ class FeatureCache:
         if split not in self._file:
             raise CacheError(
                 f"split {split!r} is not in {self.path} (it has {', '.join(self.splits) or 'none'}); "
-                f"check the split folder name, or run `cnnfeat extract` on a data folder that has it"
+                f"check the split folder name, or if it was added to the data folder since, run "
+                f"`{extract_hint(self.path.parent, self.data_root)}`"
             )
         return self._file[split]
 
@@ -345,11 +348,10 @@ class FeatureCache:
         group = self._group(split)
         if name not in group or not _is_features(group[name]):
             backbone, _, view = name.rpartition("_") if name.endswith("_hflip") else (name, "", "")
-            views = f" --views {view}" if view else ""
             raise CacheError(
                 f"backbone {name!r} has no features for split {split!r} in {self.path} "
                 f"(cached: {', '.join(self.datasets(split)) or 'none'}); "
-                f"run `cnnfeat extract --backbone {backbone}{views}` with the same --workdir"
+                f"run `{extract_hint(self.path.parent, self.data_root, backbone, view)}`"
             )
         return group[name]
 
@@ -360,7 +362,7 @@ class FeatureCache:
         except (OSError, KeyError) as err:
             raise CacheError(
                 f"{self.path} is damaged: cannot read {dataset.name} ({err}); rebuild it with "
-                f"`cnnfeat extract --force --data {self.data_root} --workdir {self.path.parent}`"
+                f"`{extract_hint(self.path.parent, self.data_root, force=True)}`"
             ) from err
 
     def paths(self, split: str) -> list[str]:

@@ -174,44 +174,110 @@ def prepare_command(**o: Any) -> None:
 @click.option("--verify", is_flag=True, help="Also read every stored byte, checking the checksums.")
 @handled(NOTHING_HALF_WRITTEN)
 def info_command(workdir: Path, verify: bool) -> None:
-    """Show what the feature cache holds, and what the next `cnnfeat run` would redo."""
-    from features import FeatureCache, cache_path, pending_extraction
+    """Show the workdir's job, what its feature cache holds, and what the next `cnnfeat run` would redo."""
+    from features import FeatureCache, cache_path, extract_hint, lock_holder, read_job
 
-    from ..status import stale_models
-
+    job = read_job(workdir)
+    if job is not None:
+        print_job(workdir, job)
+    holder = lock_holder(workdir)
+    if holder is not None:
+        print_running(workdir, holder, job)
+    if not cache_path(workdir).exists() and (job is not None or holder is not None):
+        if holder is None:
+            click.echo(f"\nno feature cache yet: `{extract_hint(workdir)}` (or `cnnfeat run --workdir {workdir}`) "
+                       f"makes it")
+        return
     with FeatureCache(cache_path(workdir)) as cache:
-        click.echo(f"cache:   {cache.path}")
-        click.echo(f"data:    {cache.data_root}")
-        click.echo(f"classes: {', '.join(cache.classes) or '(none: no labeled split)'}")
-        for split in cache.splits:
-            kind = "labeled" if cache.is_labeled(split) else "unlabeled"
-            skipped = cache.skipped(split)
-            click.echo(f"\n{split}: {len(cache.paths(split))} images, {kind}, {len(skipped)} skipped")
-            for dataset in cache.datasets(split):
-                s = cache.settings(split, dataset)
-                shape = "x".join(map(str, cache.feature_shape(split, dataset)))
-                click.echo(f"  {dataset:<16} {shape:>10}  weights={s['weights']} pool={s['pool']} "
-                           f"image_size={s['image_size']} precision={s['precision']} layer={s.get('layer', '?')}")
-            for path, reason in skipped:
-                click.echo(f"  skipped {path}: {reason}")
+        print_cache(cache)
         damaged = cache.verify() if verify else []
-        pending = pending_extraction(cache)
-        stale = stale_models(cache, workdir, {(split, dataset) for split, dataset, _ in pending})
+        pending, stale = next_run(cache, workdir, job)
     if verify:
         click.echo("\nverify: every dataset reads back and matches its checksums" if not damaged else "\nverify:")
         for line in damaged:
             click.secho(f"  {line}", fg="red")
-    click.echo("\nthe next `cnnfeat run` with the same settings would:")
+    click.echo(f"\nthe next `cnnfeat run --workdir {workdir}` would:" if job is not None else
+               "\nthe next `cnnfeat run` with the same settings would:")
     if not pending and not stale and not damaged:
         click.echo("  do nothing: everything is up to date")
     if damaged:
-        click.echo("  fail on the damaged datasets: rebuild with `cnnfeat extract --force`")
+        click.echo(f"  fail on the damaged datasets: rebuild with `{extract_hint(workdir, force=True)}`")
     for split, dataset, why in pending:
         click.echo(f"  extract {split}/{dataset}: {why}")
     for name, why in stale:
         click.echo(f"  train {name}: {why}")
     if damaged:
         sys.exit(EXIT_PROBLEM)
+
+
+def print_job(workdir: Path, job: Any) -> None:
+    """The job's own settings: what `cnnfeat extract --workdir W` and `cnnfeat run --workdir W` redo."""
+    from features import job_path
+
+    extraction = ("views", "pool", "precision", "decode", "seed")
+    click.echo(f"job:     {job_path(workdir)}")
+    click.echo(f"  data:     {job.settings.get('data', '(not recorded: give --data)')}")
+    for group in job.features:
+        click.echo(f"  features: {group.describe()}")
+    click.echo("  extract:  " + ", ".join(f"{k}={_value(job.settings[k])}" for k in extraction if k in job.settings))
+    heads = [k for k in job.settings if k not in (*extraction, "data")]
+    if heads:
+        click.echo("  heads:    " + ", ".join(f"{k}={_value(job.settings[k])}" for k in heads))
+    click.echo("")
+
+
+def _value(value: Any) -> str:
+    return (",".join(map(str, value)) or "none") if isinstance(value, list) else str(value)
+
+
+def print_running(workdir: Path, holder: str, job: Any) -> None:
+    """Another process holds the workdir: say so, and how far its extraction got (its staged batches)."""
+    from features import DataLayoutError, scan_data_folder, staged_rows
+
+    click.echo(f"running: another cnnfeat process (pid {holder}) is writing to {workdir} now; what follows is the "
+               f"state before it finishes")
+    try:
+        folder = scan_data_folder(job.settings["data"]) if job is not None and "data" in job.settings else None
+    except (DataLayoutError, OSError):
+        folder = None
+    for split, datasets in staged_rows(workdir).items():
+        total = f" of {len(folder.splits[split].paths)}" if folder is not None and split in folder.splits else ""
+        done = ", ".join(f"{name} {rows}{total}" for name, rows in datasets.items())
+        click.echo(f"  extracting {split}: {done} images staged")
+
+
+def print_cache(cache: Any) -> None:
+    click.echo(f"cache:   {cache.path}")
+    click.echo(f"data:    {cache.data_root}")
+    click.echo(f"classes: {', '.join(cache.classes) or '(none: no labeled split)'}")
+    for split in cache.splits:
+        kind = "labeled" if cache.is_labeled(split) else "unlabeled"
+        skipped = cache.skipped(split)
+        click.echo(f"\n{split}: {len(cache.paths(split))} images, {kind}, {len(skipped)} skipped")
+        for dataset in cache.datasets(split):
+            s = cache.settings(split, dataset)
+            shape = "x".join(map(str, cache.feature_shape(split, dataset)))
+            click.echo(f"  {dataset:<16} {shape:>10}  weights={s['weights']} pool={s['pool']} "
+                       f"image_size={s['image_size']} precision={s['precision']} layer={s.get('layer', '?')}")
+        for path, reason in skipped:
+            click.echo(f"  skipped {path}: {reason}")
+
+
+def next_run(cache: Any, workdir: Path, job: Any) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+    """(split, dataset, why) to extract and (model, why) to train in the next run: the job's, else the book's."""
+    from features import dataset_name, pending_extraction
+
+    from ..heads import expected_heads
+    from ..status import stale_models
+    from .heads import head_config
+
+    if job is None or not job.features:
+        pending = pending_extraction(cache)
+        return pending, stale_models(cache, workdir, {(split, dataset) for split, dataset, _ in pending})
+    names, views = job.feature_names(), job.settings.get("views", [])
+    pending = pending_extraction(cache, [dataset_name(n, v) for n in names for v in ("", *views)])
+    expected = expected_heads(names, views, head_config({**job.settings, "workdir": workdir}))
+    return pending, stale_models(cache, workdir, {(split, dataset) for split, dataset, _ in pending}, expected)
 
 
 @click.command("backbones")

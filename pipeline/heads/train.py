@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from features import (ALL_BACKBONES, BOOK, CacheError, ConfigError, FeatureCache, accuracy, cache_path,
+from features import (ALL_BACKBONES, BOOK, CacheError, ConfigError, FeatureCache, accuracy, cache_path, extract_hint,
                       class_prior, dataset_name, get_backbone, log_loss, plain_settings, resolve_device, split_names,
                       writes_workdir)
 
@@ -152,7 +152,7 @@ def _chosen(cache: FeatureCache, rows: Rows, backbones: list[str] | tuple[str, .
     if any(name.lower() == "all" for name in wanted):
         if not available:
             raise CacheError(f"no backbone has features for both {rows.train_split!r} and {rows.val_split!r} in "
-                             f"{cache.path}; run `cnnfeat extract --workdir {cache.path.parent}` first")
+                             f"{cache.path}; run `{extract_hint(cache.path.parent, cache.data_root)}` first")
         return available
     names = _book_order(list(dict.fromkeys(n if n in available else get_backbone(n).name for n in wanted)))
     for name in names:
@@ -190,8 +190,9 @@ def _combined(cache: FeatureCache, rows: Rows, backbones: list[str] | tuple[str,
     names = _chosen(cache, rows, backbones)
     if len(names) < 2:
         raise CacheError(f"the {what} needs two or more backbones, the cache has {names or 'none'} for "
-                         f"{rows.train_split}/{rows.val_split}; extract another with `cnnfeat extract --backbone NAME "
-                         f"--workdir {cache.path.parent}` first")
+                         f"{rows.train_split}/{rows.val_split}; extract another first: "
+                         f"`{extract_hint(cache.path.parent, cache.data_root, 'resnet18')}` "
+                         f"(or any backbone of `cnnfeat backbones`)")
     return tuple(names)
 
 
