@@ -95,14 +95,14 @@ def extract_hint(workdir: str | Path, data: str | Path | None = None, backbone: 
     `--workdir` alone (the job knows the data, backbones, weights and sizes), and only a backbone or views
     the job lacks; without one, --data too."""
     job = read_job(workdir) if job_path(workdir).exists() else None
-    parts = ["cnnfeat extract"]
+    parts = ["cnnfeat extract"] + ["--force"] * force
     if job is None or not job.features:
         parts.append(f"--data {data or 'DATA'}")
     if backbone and (job is None or backbone not in job.feature_names()):
         parts.append(f"--backbone {backbone}")
     if views and (job is None or views not in job.settings.get("views", [])):
         parts.append(f"--views {views}")
-    parts += ["--force"] * force + [f"--workdir {workdir}"]
+    parts.append(f"--workdir {workdir}")
     return " ".join(parts)
 
 

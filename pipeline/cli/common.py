@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -262,10 +263,29 @@ def _recorded(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def record_job(workdir: Path, o: dict[str, Any], groups: list[FeatureGroup] | None = None,
-               group_changes: tuple[str, ...] = ()) -> Job:
-    """Record the command's settings in the workdir's job (groups: its feature groups, when it extracts) and
-    say in one line what changed in a job recorded before."""
+@dataclass
+class JobUpdate:
+    """The workdir's job as this command leaves it, saved once the command has done its work (a command that
+    fails leaves the workdir and its job as they were)."""
+
+    workdir: Path
+    job: Job
+    changes: list[str]
+    first: bool  # no job was recorded before
+
+    def save(self) -> None:
+        """Write job.toml and say, in one line, what changed in a job recorded before."""
+        if self.first:
+            click.echo(f"job: recorded in {job_path(self.workdir)}; later commands take their settings from there")
+        elif self.changes:
+            click.echo(f"job: {'; '.join(self.changes)}")
+        if self.first or self.changes or read_job(self.workdir) != self.job:
+            write_job(self.workdir, self.job)
+
+
+def job_update(workdir: Path, o: dict[str, Any], groups: list[FeatureGroup] | None = None,
+               group_changes: tuple[str, ...] = ()) -> JobUpdate:
+    """The command's settings recorded in the workdir's job (groups: its feature groups, when it extracts)."""
     before = click.get_current_context().meta.get(JOB)
     job = Job(dict(before.settings), list(before.features)) if before is not None else Job()
     changes = list(group_changes)
@@ -277,13 +297,7 @@ def record_job(workdir: Path, o: dict[str, Any], groups: list[FeatureGroup] | No
             job.settings[name] = value
     if groups is not None:
         job.features = groups
-    if before is None:
-        click.echo(f"job: recorded in {job_path(workdir)}; later commands take their settings from there")
-    elif changes:
-        click.echo(f"job: {'; '.join(changes)}")
-    if before is None or job != before:
-        write_job(workdir, job)
-    return job
+    return JobUpdate(workdir, job, changes, before is None)
 
 
 def _shown(value: Any) -> str:

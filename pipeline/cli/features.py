@@ -10,10 +10,10 @@ from typing import Any, Callable
 import click
 
 from features import (DECODERS, DEFAULT_LABEL_PATTERN, POOLS, PRECISIONS, ConfigError, ExtractConfig, FeatureGroup,
-                      PrepareConfig, split_names)
+                      PrepareConfig, registry_names)
 
-from .common import (BATCHES_KEPT, EXIT_PROBLEM, JOB, NOTHING_HALF_WRITTEN, backbones_option, device_option,
-                     force_option, given, handled, job_workdir_option, options, read_workdir_option, record_job,
+from .common import (BATCHES_KEPT, EXIT_PROBLEM, JOB, NOTHING_HALF_WRITTEN, JobUpdate, backbones_option, device_option,
+                     force_option, given, handled, job_update, job_workdir_option, options, read_workdir_option,
                      seed_option, setting_option, settings, views_option, usable_path, with_progress)
 
 
@@ -56,11 +56,11 @@ def feature_groups(o: dict[str, Any], backbones: tuple[str, ...]) -> tuple[list[
     them, the job's groups are extracted, with --weights and --image-size changing every group where given."""
     job = click.get_current_context().meta.get(JOB)
     if job is None or not job.features:
-        group = FeatureGroup(tuple(split_names(backbones)), o["weights"], o["image_size"])
+        group = FeatureGroup(tuple(registry_names(backbones)), o["weights"], o["image_size"])
         return [group], [group], []
     if given("backbones"):
         groups = []
-        for name in split_names(backbones):
+        for name in registry_names(backbones):
             known = job.groups_for((name,)) or job.features
             groups.append(FeatureGroup((name,), o["weights"] if given("weights") else known[0].weights,
                                        o["image_size"] if given("image_size") else known[0].image_size))
@@ -75,12 +75,11 @@ def feature_groups(o: dict[str, Any], backbones: tuple[str, ...]) -> tuple[list[
     return extracted, job.features, changes
 
 
-def job_extraction(o: dict[str, Any], backbones: tuple[str, ...]) -> list[ExtractConfig]:
-    """The extraction settings of this command, per feature group, once recorded in the workdir's job."""
+def job_extraction(o: dict[str, Any], backbones: tuple[str, ...]) -> tuple[list[ExtractConfig], JobUpdate]:
+    """The extraction settings of this command, per feature group, and the job it leaves the workdir with."""
     extracted, recorded, changes = feature_groups(o, backbones)
-    configs = [extract_config(o, group) for group in extracted]  # refused (exit 2) before anything is recorded
-    record_job(o["workdir"], o, recorded, tuple(changes))
-    return configs
+    configs = [extract_config(o, group) for group in extracted]
+    return configs, job_update(o["workdir"], o, recorded, tuple(changes))
 
 
 @click.command("extract")
@@ -92,12 +91,13 @@ def job_extraction(o: dict[str, Any], backbones: tuple[str, ...]) -> list[Extrac
 @handled(BATCHES_KEPT)
 def extract_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 1: decode every image once, run the frozen backbones, cache the features in HDF5."""
-    configs = job_extraction(o, backbones)
+    configs, job = job_extraction(o, backbones)
     from features import extract
 
     report = with_progress(lambda progress: extract(configs, progress=progress))
-    if report.main:  # under torchrun, rank 0 speaks for all
+    if report.main:  # under torchrun, rank 0 speaks for all, and records the job
         print_extract(report)
+        job.save()
 
 
 def print_extract(report: Any) -> None:

@@ -13,7 +13,7 @@ from features import bounds_of
 from ..heads.config import BEST, C_GRID, HeadConfig
 from ..report.config import ReportConfig
 from .common import (NOTHING_HALF_WRITTEN, NumberList, backbones_option, device_option, force_option, handled,
-                     job_workdir_option, options, record_job, seed_option, setting_option, settings, with_progress,
+                     job_update, job_workdir_option, options, seed_option, setting_option, settings, with_progress,
                      workdir_option)
 
 
@@ -73,8 +73,7 @@ def head_stage(*stage_options: Callable[..., Any]) -> Callable[..., Any]:
 @head_stage()
 def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 2: a linear probe per backbone, its L2 strength swept and chosen on validation rows."""
-    cfg = head_config(o)
-    record_job(cfg.workdir, o)
+    cfg, job = head_config(o), job_update(o["workdir"], o)
     from features import workdir_lock
 
     from ..heads import select_best, train_linear_heads
@@ -84,6 +83,7 @@ def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
         if cfg.select:
             results.append(select_best(cfg))
         after_training(cfg.workdir, results)
+        job.save()
 
 
 @click.command("ensemble")
@@ -91,8 +91,7 @@ def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
 @head_stage(ensemble_options, head_batch_option("--batch-size"))
 def ensemble_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 3: the book's three-branch head and the concatenation probe, then `best` among every model."""
-    cfg = head_config(o)
-    record_job(cfg.workdir, o)
+    cfg, job = head_config(o), job_update(o["workdir"], o)
     from features import workdir_lock
 
     from ..heads import select_best, train_concat, train_ensemble
@@ -104,6 +103,7 @@ def ensemble_command(backbones: tuple[str, ...], **o: Any) -> None:
         if cfg.select:
             results.append(select_best(cfg))
         after_training(cfg.workdir, results)
+        job.save()
 
 
 def after_training(workdir: Path, results: list[Any]) -> None:

@@ -39,7 +39,7 @@ def run_command(backbones: tuple[str, ...], **o: Any) -> None:
     head_cfg = head_config(o)
     predict_cfg = settings(PredictConfig, workdir=o["workdir"], kaggle_binary=o["kaggle_binary"], clip=o["clip"],
                            device=o["device"], force=o["force"])
-    extract_cfgs = job_extraction(o, backbones)
+    extract_cfgs, job = job_extraction(o, backbones)
     from features import workdir_lock
 
     from ..run import run_pipeline
@@ -50,6 +50,7 @@ def run_command(backbones: tuple[str, ...], **o: Any) -> None:
             return
         print_extract(report.extract)
         after_training(head_cfg.workdir, report.heads)
+        job.save()
     if report.prediction is not None:
         print_prediction(report.predicted_with, predict_cfg.split, report.prediction)
     if report.nothing_done:
