@@ -25,8 +25,7 @@ BACKBONES = ["resnet18", "mobilenet_v3_small"]
 
 
 def _cli(*args: str | Path) -> "CliRunner.Result":
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    return result
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def _ok(*args: str | Path) -> str:

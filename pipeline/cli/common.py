@@ -290,7 +290,7 @@ def job_update(workdir: Path, o: dict[str, Any], groups: list[FeatureGroup] | No
     job = Job(dict(before.settings), list(before.features)) if before is not None else Job()
     changes = list(group_changes)
     for name in JOB_SETTINGS:
-        if name in o:
+        if name in o and o[name] is not None:  # None: "choose for me", the settings' default (--clip unset)
             value = _recorded(o[name])
             if before is not None and name in job.settings and job.settings[name] != value:
                 changes.append(f"{name} {_shown(job.settings[name])} -> {_shown(value)}")
