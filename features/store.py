@@ -193,19 +193,23 @@ def _reusable(previous: h5py.Group, paths: tuple[str, ...],
     """(the old row of each scanned file whose path, size and mtime are unchanged, else -1; {scanned row: why it
     could not be decoded} for unchanged files the old cache skipped). A format 1 cache has no identities: nothing."""
     old_row = np.full(len(paths), -1, dtype=np.int64)
-    if identities is None or "identity" not in previous:
+    if identities is None or "identity" not in previous or not len(paths):
         return old_row, {}
-    rows = {(p, *ident): j for j, (p, ident) in enumerate(zip(_as_str(previous["paths"][()]),
-                                                             previous["identity"][()].tolist()))}
+    scanned = np.array(paths, dtype=str)
+    cached = np.array(_as_str(previous["paths"][()]), dtype=str)
+    if len(cached):
+        order = np.argsort(cached)  # paths are stored sorted; sorting again costs nothing and assumes nothing
+        at = order[np.minimum(np.searchsorted(cached[order], scanned), len(cached) - 1)]
+        same = (cached[at] == scanned) & (previous["identity"][()][at] == identities).all(axis=1)
+        old_row[same] = at[same]
     skipped = {(p, *ident): reason for p, reason, ident in zip(_as_str(previous["skipped"][()]),
                                                                _as_str(previous["skipped_reasons"][()]),
                                                                previous["skipped_identity"][()].tolist())}
     failures = {}
-    for i, (path, ident) in enumerate(zip(paths, identities.tolist())):
-        key = (path, *ident)
-        old_row[i] = rows.get(key, -1)
-        if key in skipped:
-            failures[i] = skipped[key]
+    if skipped:
+        for i, (path, ident) in enumerate(zip(paths, identities.tolist())):
+            if (key := (path, *ident)) in skipped:
+                failures[i] = skipped[key]
     return old_row, failures
 
 
@@ -244,9 +248,9 @@ def _checksummed(rows: int, row_bytes: int, shape: tuple[int, ...] = ()) -> dict
 def _agreed_failures(content: SplitContent, previous: h5py.Group | None, old_failures: dict[int, str]) -> dict[int, str]:
     """Every dataset of a split must have skipped the same files, or rows would misalign. `previous`: the split as
     cached when its files are unchanged; a reused dataset skipped the unchanged files the old cache skipped."""
-    row_of = {p: i for i, p in enumerate(content.paths)}
     seen: list[tuple[str, dict[int, str]]] = []
     if previous is not None:
+        row_of = {p: i for i, p in enumerate(content.paths)}
         skipped = zip(_as_str(previous["skipped"][()]), _as_str(previous["skipped_reasons"][()]))
         seen.append(("cache", {row_of[p]: reason for p, reason in skipped}))
     seen += [(name, {**staging.failures(), **(old_failures if name in content.reused else {})})
