@@ -4,10 +4,10 @@
     job = job.with_group(FeatureGroup(("resnet18",), weights="runs/x/finetuned/resnet18.pt"))
     write_job(workdir, job)
 
-job.toml reads like a `cnnfeat run --config` file (README: "The job file"): top-level keys named like
+job.toml reads like a `cnnfeat run --config` file (README: "The workdir remembers its job"): keys named like
 the options, and one [[features]] table per group of backbones that share their weights and image
-size. Like Hydra's `.hydra/config.yaml` beside a run's outputs, it holds the resolved settings, so a
-later `cnnfeat extract --workdir W` or `cnnfeat run --workdir W` redoes exactly this job. Imports no torch.
+size. Like Hydra's `.hydra/config.yaml` beside a run's outputs, it holds the resolved settings, so a later
+`cnnfeat extract --workdir W` or `cnnfeat run --workdir W` redoes exactly this job. Imports no torch.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def read_job(workdir: str | Path) -> Job | None:
                   for g in data.pop(FEATURES, [])]
     except (tomllib.TOMLDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path} cannot be read ({type(err).__name__}: {err}); fix it by hand (README: "
-                          f"\"The job file\"), or delete it and give every setting again") from err
+                          f"\"The workdir remembers its job\"), or delete it and give every setting again") from err
     return Job(data, groups)
 
 
@@ -133,7 +133,7 @@ def write_job(workdir: str | Path, job: Job) -> Path:
     """Write job.toml whole (a reader sees the old file or the new one)."""
     path = job_path(workdir)
     lines = ["# cnnfeat's job for this workdir: what `cnnfeat extract --workdir W` and `cnnfeat run --workdir W`",
-             "# redo. Options given on a command line change it. README, \"The job file\", describes every key.", ""]
+             "# redo. Options given on a command line change it. README, \"The workdir remembers its job\", describes it.", ""]
     lines += [f"{key} = {_toml_value(value)}" for key, value in job.settings.items() if value is not None]
     for group in job.features:
         lines += ["", f"[[{FEATURES}]]", f"backbones = {_toml_value(list(group.backbones))}",

@@ -201,7 +201,7 @@ WORKDIR_HELP = "Where features.h5 and everything after it live."
 workdir_option = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_WORKDIR,
                               callback=usable_path("workdir"), help=WORKDIR_HELP)
 
-# What a workdir's job.toml records (README: "The job file"), by option name, besides its [[features]] groups
+# What a workdir's job.toml records (README: "The workdir remembers its job"), by option name, besides its [[features]] groups
 # (backbones, weights, image size): the settings that decide its results. Speed settings (batch size, workers,
 # device) are the machine's, not the job's.
 JOB_SETTINGS = ("data", "views", "pool", "precision", "decode", "seed", "train_split", "val_split", "holdout",
@@ -293,15 +293,18 @@ def job_update(workdir: Path, o: dict[str, Any], groups: list[FeatureGroup] | No
         if name in o and o[name] is not None:  # None: "choose for me", the settings' default (--clip unset)
             value = _recorded(o[name])
             if before is not None and name in job.settings and job.settings[name] != value:
-                changes.append(f"{name} {_shown(job.settings[name])} -> {_shown(value)}")
+                changes.append(f"{name} {shown_setting(job.settings[name])} -> {shown_setting(value)}")
             job.settings[name] = value
     if groups is not None:
         job.features = groups
     return JobUpdate(workdir, job, changes, before is None)
 
 
-def _shown(value: Any) -> str:
-    return ",".join(map(str, value)) or "none" if isinstance(value, list) else str(value)
+def shown_setting(value: Any) -> str:
+    """A recorded setting as a person reads it: a list as a comma list (none when empty)."""
+    return (",".join(map(str, value)) or "none") if isinstance(value, list) else str(value)
+
+
 read_workdir_option = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
                                    default=DEFAULT_WORKDIR, callback=usable_path("workdir", write=False),
                                    help=WORKDIR_HELP)

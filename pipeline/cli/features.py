@@ -14,7 +14,7 @@ from features import (DECODERS, DEFAULT_LABEL_PATTERN, POOLS, PRECISIONS, Config
 
 from .common import (BATCHES_KEPT, EXIT_PROBLEM, JOB, NOTHING_HALF_WRITTEN, JobUpdate, backbones_option, device_option,
                      force_option, given, handled, job_update, job_workdir_option, options, read_workdir_option,
-                     seed_option, setting_option, settings, views_option, usable_path, with_progress)
+                     seed_option, setting_option, settings, shown_setting, views_option, usable_path, with_progress)
 
 
 def extract_options(views_default: tuple[str, ...]) -> Callable[..., Any]:
@@ -219,15 +219,11 @@ def print_job(workdir: Path, job: Any) -> None:
     click.echo(f"  data:     {job.settings.get('data', '(not recorded: give --data)')}")
     for group in job.features:
         click.echo(f"  features: {group.describe()}")
-    click.echo("  extract:  " + ", ".join(f"{k}={_value(job.settings[k])}" for k in extraction if k in job.settings))
+    click.echo("  extract:  " + ", ".join(f"{k}={shown_setting(job.settings[k])}" for k in extraction if k in job.settings))
     heads = [k for k in job.settings if k not in (*extraction, "data")]
     if heads:
-        click.echo("  heads:    " + ", ".join(f"{k}={_value(job.settings[k])}" for k in heads))
+        click.echo("  heads:    " + ", ".join(f"{k}={shown_setting(job.settings[k])}" for k in heads))
     click.echo("")
-
-
-def _value(value: Any) -> str:
-    return (",".join(map(str, value)) or "none") if isinstance(value, list) else str(value)
 
 
 def print_running(workdir: Path, holder: str, job: Any) -> None:
