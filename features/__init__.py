@@ -22,7 +22,7 @@ _EXPORTS = {
                   "checkpoint_path", "default_image_size", "final_linear", "load_backbone",
                   "normalize", "preprocessing", "weights_enum"),
     "checkpoint": ("FINETUNED_FORMAT", "FinetunedCheckpoint", "file_sha256", "finetuned_path", "load_finetuned",
-                   "read_torch_file", "save_finetuned"),
+                   "read_torch_file", "save_finetuned", "weights_tag"),
     "config": ("ALL_BACKBONES", "COUNT", "DECODERS", "DEFAULT_DEVICE", "DEFAULT_SEED", "DEFAULT_TRAIN_SPLIT",
                "DEFAULT_VAL_SPLIT", "DEFAULT_WORKDIR", "DEVICES", "HFLIP", "IMAGE_SIZE", "MIN_IMAGE_SIZE", "NON_NEGATIVE",
                "NON_NEGATIVE_COUNT", "POOLS", "POSITIVE", "PRECISIONS", "SEED", "SHARE", "VIEWS", "Bounds", "ExtractConfig",
@@ -32,7 +32,7 @@ _EXPORTS = {
                "WeightsUnavailableError", "WorkdirBusyError", "did_you_mean"),
     "distributed": ("Ranks", "torchrun_ranks"),
     "devices": ("default_workers", "resolve_device"),
-    "extract": ("ExtractReport", "ImageFeaturizer", "ImageFeatures", "extract"),
+    "extract": ("ExtractReport", "ImageFeaturizer", "ImageFeatures", "extract", "feature_names"),
     "folder": ("UNLABELED", "DataFolder", "Split", "find_images", "label_of", "scan_data_folder",
                "scan_prepared_folder"),
     "metrics": ("EPS", "accuracy", "class_prior", "log_loss"),
@@ -41,10 +41,11 @@ _EXPORTS = {
     "images": ("image_source", "load_rgb", "resize_square", "square_tensor"),
     "pictures": ("ImageSource", "open_rgb"),
     "prepare": ("DEFAULT_LABEL_PATTERN", "PROBLEMS_FILE", "PrepareConfig", "PrepareReport", "label_regex", "prepare"),
-    "registry": ("BOOK", "BackboneSpec", "get_backbone", "resolve_backbones", "split_names"),
-    "files": ("atomic_output", "workdir_lock", "writes_workdir"),
-    "staging": ("ORIGIN_SETTINGS", "STAGING_SETTINGS", "VALUE_SETTINGS"),
-    "store": ("FeatureCache", "cache_path", "dataset_name"),
+    "registry": ("BOOK", "BackboneSpec", "get_backbone", "registry_names", "resolve_backbones", "split_names"),
+    "files": ("atomic_output", "lock_holder", "workdir_lock", "writes_workdir"),
+    "staging": ("ORIGIN_SETTINGS", "STAGING_SETTINGS", "VALUE_SETTINGS", "staged_rows"),
+    "store": ("FeatureCache", "cache_path", "dataset_name", "feature_name"),
+    "job": ("JOB_NAME", "FeatureGroup", "Job", "extract_hint", "job_path", "read_job", "write_job"),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -100,6 +100,16 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
+def weights_tag(weights: str) -> str:
+    """What a backbone's features are named by besides the backbone (store.feature_name): '' for imagenet and for
+    random (which stands in for imagenet in smoke runs), finetuned-<first 8 hex of the file's SHA-256> for a
+    fine-tuned checkpoint, else the weights name in lower case (imagenet1k-v2). Features of other weights
+    then never take each other's place."""
+    if (path := finetuned_path(weights)) is not None:
+        return f"finetuned-{file_sha256(path)[:8]}"
+    return "" if weights in NAMED_WEIGHTS else weights.lower().replace("_", "-")
+
+
 def file_sha256(path: Path) -> str:
     """The file's SHA-256, computed once per version of the file in a process."""
     stat = path.stat()

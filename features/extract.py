@@ -35,14 +35,15 @@ from .backbones import (FrozenBackbone, default_image_size, load_backbone, norma
 from .config import HFLIP, ExtractConfig, ProgressFn
 from .devices import default_workers, resolve_device
 from .distributed import torchrun_ranks
-from .errors import CacheError, WeightsUnavailableError
+from .checkpoint import weights_tag
+from .errors import CacheError, ConfigError, WeightsUnavailableError
 from .folder import DataFolder, Split, scan_data_folder, scan_prepared_folder
 from .images import (DecodedBatch, DecodeStream, ImageFiles, ImageSource, collate_decoded, decode_on_device,
                      image_source)
 from .registry import BackboneSpec, get_backbone, resolve_backbones
 from .files import workdir_lock
-from .staging import VALUE_SETTINGS, Staging
-from .store import FeatureCache, SplitContent, cache_path, commit_cache, dataset_name, is_up_to_date
+from .staging import STAGING_SETTINGS, VALUE_SETTINGS, Staging
+from .store import FeatureCache, SplitContent, cache_path, commit_cache, dataset_name, feature_name, is_up_to_date
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class ExtractReport:
     images_per_rank: list[int] = field(default_factory=list)  # images decoded by each torchrun rank (one: a plain run)
     build_seconds: dict[str, float] = field(default_factory=dict)  # backbone -> seconds to build and load it
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what was replaced or dropped, one line each
     main: bool = True  # False on torchrun ranks other than 0, which leave reporting to rank 0
 
     @property
@@ -81,6 +83,11 @@ class _Target:
     precision: str
 
     @property
+    def name(self) -> str:
+        """Its features' name: the backbone's, with the weights' tag where they are not the stock ones."""
+        return feature_name(self.spec.name, weights_tag(self.weights))
+
+    @property
     def model_key(self) -> tuple[str, str, int, str, str]:
         """Targets with equal keys share one built model (their sizes differ only in its input)."""
         return self.spec.name, self.weights, self.seed, self.pool, self.precision
@@ -94,10 +101,11 @@ class _Job:
     staging: Staging | None = None  # where extraction stages its batches; None: features kept in memory
     shape: tuple[int, ...] = ()  # of one stored feature, known once the model is loaded
     name: str = ""  # the dataset's name where it differs from the backbone's (a trained model's recorded name)
+    reused: np.ndarray | None = None  # scanned rows whose features (or skipping) the old cache keeps: unchanged files
 
     @property
     def dataset(self) -> str:
-        return self.name or dataset_name(self.target.spec.name, self.view)
+        return self.name or dataset_name(self.target.name, self.view)
 
 
 DEVICE_DECODER, PIL_DECODER = "torchvision.io.decode_jpeg", "PIL"  # recorded as each dataset's "decode"
@@ -116,10 +124,31 @@ def conv_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def _targets(cfg: ExtractConfig) -> list[_Target]:
-    """Each backbone with the size it runs at: --image-size, else its own default."""
-    return [_Target(spec, cfg.image_size or default_image_size(spec, cfg.weights), cfg.weights, cfg.seed, cfg.pool,
-                    cfg.precision) for spec in resolve_backbones(cfg.backbones)]
+# What the configs of one extraction may differ in: each group of backbones has its weights and size
+PER_GROUP = ("backbones", "weights", "image_size")
+
+
+def _targets(configs: Sequence[ExtractConfig]) -> list[_Target]:
+    """Each backbone of each config with the size it runs at: its image_size, else its own default. Where two
+    would make features of one name, the later config's wins."""
+    shared = [{k: v for k, v in vars(cfg).items() if k not in PER_GROUP} for cfg in configs]
+    if any(other != shared[0] for other in shared[1:]):
+        differ = sorted(k for other in shared[1:] for k in other if other[k] != shared[0][k])
+        raise ConfigError(f"the feature groups of one extraction differ in {', '.join(differ)}; only their "
+                          f"{', '.join(PER_GROUP)} may differ")
+    targets = {}
+    for cfg in configs:
+        for spec in resolve_backbones(cfg.backbones):
+            target = _Target(spec, cfg.image_size or default_image_size(spec, cfg.weights), cfg.weights, cfg.seed,
+                             cfg.pool, cfg.precision)
+            targets[target.name] = target
+    return list(targets.values())
+
+
+def feature_names(configs: ExtractConfig | Sequence[ExtractConfig]) -> list[str]:
+    """The names extraction gives these configs' plain-view features (the backbone, @ its weights' tag where they are
+    not the stock ones): what the heads are trained on."""
+    return [target.name for target in _targets([configs] if isinstance(configs, ExtractConfig) else configs)]
 
 
 def feature_settings(target: _Target, view: str, device: torch.device, on_device: bool) -> dict:
@@ -143,33 +172,38 @@ def feature_settings(target: _Target, view: str, device: torch.device, on_device
     }
 
 
-def extract(cfg: ExtractConfig, progress: ProgressFn | None = None) -> ExtractReport:
-    """Bring the cache up to date with the data folder for the requested backbones.
+def extract(cfg: ExtractConfig | Sequence[ExtractConfig], progress: ProgressFn | None = None) -> ExtractReport:
+    """Bring the cache up to date with the data folder for the requested backbones: one config, or one per
+    group of backbones with their own weights and image size (a job's [[features]]), in one pass.
 
     Under torchrun every rank calls this; they share the work and rank 0 writes the cache.
     """
     started = time.perf_counter()
-    targets = _targets(cfg)
+    configs = [cfg] if isinstance(cfg, ExtractConfig) else list(cfg)
+    targets, cfg = _targets(configs), configs[0]
     path = cache_path(cfg.workdir)
     with torchrun_ranks(resolve_device(cfg.device)) as ranks, ExitStack() as held:
         device = ranks.device(resolve_device(cfg.device))
         ranks.share(lambda: held.enter_context(workdir_lock(cfg.workdir)))
         plan = ranks.share(lambda: _plan(scan_prepared_folder(cfg.data), targets, cfg, device, path))
-        report = ExtractReport(cache=path, up_to_date=plan.up_to_date, main=ranks.main)
-        jobs = [job for split_jobs in plan.jobs.values() for job in split_jobs]
-        decoded = 0
-        if jobs:
-            models, shapes = _load_models({job.target.model_key: job.target for job in jobs}, device, report.build_seconds)
-            for job in jobs:
+        report = ExtractReport(cache=path, up_to_date=plan.up_to_date, notes=plan.notes, main=ranks.main)
+        running = [job for split, split_jobs in plan.jobs.items() for job in split_jobs
+                   if not job.shape or any(job.dataset in needed for _, _, needed in plan.batches[split])]
+        decoded, models = 0, {}
+        if running:  # a job that keeps every row (files only removed) needs no model: the cache has its shape
+            models, shapes = _load_models({job.target.model_key: job.target for job in running}, device,
+                                          report.build_seconds)
+            for job in running:
                 job.shape, job.settings["layer"] = shapes[job.target.model_key], models[job.target.model_key].layer
-            for split_name, split_jobs in plan.jobs.items():
-                if split_jobs:
-                    batches = ranks.mine(plan.batches[split_name])
-                    decoded += _run_split(plan.folder.root, plan.folder.splits[split_name], split_jobs, batches,
-                                          models, cfg, device, progress if ranks.main else None)
-                    report.computed += [(split_name, job.dataset) for job in split_jobs]
+        for split_name, split_jobs in plan.jobs.items():
+            if plan.batches[split_name]:
+                batches = ranks.mine(plan.batches[split_name])
+                decoded += _run_split(plan.folder.root, plan.folder.splits[split_name], split_jobs, batches,
+                                      models, cfg, device, progress if ranks.main else None)
+            report.computed += [(split_name, job.dataset) for job in split_jobs]
         report.images_per_rank = ranks.gather(decoded)  # also waits for every rank's last batch
-        report.skipped_files = ranks.share(lambda: _commit(plan, path))
+        report.skipped_files, dropped = ranks.share(lambda: _commit(plan, path))
+        report.notes += dropped
     report.seconds = time.perf_counter() - started
     return report
 
@@ -180,6 +214,7 @@ class _Plan:
     jobs: dict[str, list[_Job]]  # split -> the datasets to compute for it
     batches: dict[str, list[tuple[int, int, tuple[str, ...]]]]  # split -> (start, stop, datasets that need it)
     up_to_date: list[tuple[str, str]]
+    notes: list[str] = field(default_factory=list)  # datasets replaced by features of other settings
 
 
 def _plan(folder: DataFolder, targets: list[_Target], cfg: ExtractConfig, device: torch.device, path: Path) -> _Plan:
@@ -193,17 +228,31 @@ def _plan(folder: DataFolder, targets: list[_Target], cfg: ExtractConfig, device
     try:
         for split in folder.splits:
             fingerprint = folder.fingerprint(split)
+            cached = cache is not None and split in cache.splits
+            # files unchanged since the split was cached keep their rows: only the others are decoded
+            reusable = (cache.reusable_rows(split, folder.splits[split].paths, folder.identities(split))
+                        if cached and not cfg.force and cache.fingerprint(split) != fingerprint else None)
             plan.jobs[split] = []
             for target in targets:
                 for view in ("", *cfg.views):
                     settings = feature_settings(target, view, device, decodes_on_device(cfg, device))
-                    name = dataset_name(target.spec.name, view)
+                    name = dataset_name(target.name, view)
                     if not cfg.force and is_up_to_date(cache, split, fingerprint, name, settings):
                         plan.up_to_date.append((split, name))
-                    else:
-                        staging = Staging(cfg.workdir, split, name, Staging.key(settings, fingerprint))
-                        staging.remove_other_versions()  # batches of older files or settings: never used again
-                        plan.jobs[split].append(_Job(target, view, settings, staging))
+                        continue
+                    staging = Staging(cfg.workdir, split, name, Staging.key(settings, fingerprint))
+                    staging.remove_other_versions()  # batches of older files or settings: never used again
+                    job = _Job(target, view, settings, staging)
+                    recorded = cache.settings(split, name) if cached and name in cache.datasets(split) else None
+                    if recorded is not None and all(recorded.get(k) == settings[k] for k in STAGING_SETTINGS):
+                        if reusable is not None:
+                            job.reused, job.shape = reusable, cache.feature_shape(split, name)
+                            job.settings["layer"] = recorded.get("layer", "")
+                    elif recorded is not None:
+                        differ = [f"{k} {recorded.get(k)} -> {settings[k]}" for k in STAGING_SETTINGS
+                                  if recorded.get(k) != settings[k]]
+                        plan.notes.append(f"replacing {split}/{name} ({', '.join(differ)})")
+                    plan.jobs[split].append(job)
             plan.batches[split] = _missing_batches(len(folder.splits[split].paths), plan.jobs[split], cfg.batch_size)
     finally:
         if cache is not None:
@@ -217,7 +266,8 @@ def _missing_batches(rows: int, jobs: list[_Job], batch_size: int) -> list[tuple
     An uninterrupted run's batches start at 0, batch_size, ...; a resumed run at the same batch size
     cuts the same ones, so it computes the same features, bit for bit.
     """
-    done = {job.dataset: job.staging.done_rows(rows) for job in jobs}
+    done = {job.dataset: job.staging.done_rows(rows) | (job.reused if job.reused is not None else False)
+            for job in jobs}
     needed = ~np.logical_and.reduce(list(done.values())) if done else np.zeros(rows, dtype=bool)
     edges = np.flatnonzero(np.diff(np.concatenate(([0], needed.astype(np.int8), [0]))))
     batches = []
@@ -226,25 +276,28 @@ def _missing_batches(rows: int, jobs: list[_Job], batch_size: int) -> list[tuple
             stop = min(start + batch_size, gap_stop)
             batches.append((start, stop, tuple(name for name, rows in done.items() if not rows[start:stop].all())))
     if batches and not needed.all():
-        log.info("resuming: %d of %d images are already staged", int((~needed).sum()), rows)
+        log.info("%d of %d images are already cached or staged", int((~needed).sum()), rows)
     return batches
 
 
-def _commit(plan: _Plan, path: Path) -> dict[str, list[tuple[str, str]]]:
-    """Merge the staged batches (every rank's) into a new features.h5; the skipped files per split."""
+def _commit(plan: _Plan, path: Path) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
+    """Merge the staged batches (every rank's) and the unchanged files' rows into a new features.h5; the skipped
+    files per split, and what the new cache no longer holds."""
     folder, jobs = plan.folder, plan.jobs
+    dropped = []
     if any(jobs.values()) or not _cache_matches_folder(path, folder):
         contents = [
             SplitContent(name, folder.fingerprint(name), split.paths, split.labels, split.labeled,
-                         {job.dataset: (job.staging, job.settings, job.shape) for job in jobs[name]})
+                         {job.dataset: (job.staging, job.settings, job.shape) for job in jobs[name]},
+                         folder.identities(name), frozenset(job.dataset for job in jobs[name] if job.reused is not None))
             for name, split in folder.splits.items()
         ]
-        commit_cache(path, folder.classes, str(folder.root.resolve()), contents)
+        dropped = commit_cache(path, folder.classes, str(folder.root.resolve()), contents)
         for split_jobs in jobs.values():
             for job in split_jobs:
                 job.staging.remove_all_versions()
     with FeatureCache(path) as cache:
-        return {split: cache.skipped(split) for split in cache.splits if cache.skipped(split)}
+        return {split: cache.skipped(split) for split in cache.splits if cache.skipped(split)}, dropped
 
 
 def _cache_matches_folder(path: Path, folder: DataFolder) -> bool:

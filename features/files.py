@@ -63,6 +63,22 @@ def workdir_lock(workdir: Path | str) -> Iterator[None]:
                 folder.rmdir()
 
 
+def lock_holder(workdir: Path | str) -> str | None:
+    """The pid of another process holding the workdir (as its lock file says), or None when none does. Tried
+    with a shared lock, given back at once: a reader never keeps a writer out."""
+    lock = Path(workdir) / LOCK_NAME
+    try:
+        handle = open(lock)
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return handle.read().strip() or "unknown"
+    return None
+
+
 def writes_workdir(stage: Stage) -> Stage:
     """Run a stage holding the lock of the workdir it writes: its first argument's `.workdir`, or the
     argument itself when it is the workdir, so the Python API is as safe as the CLI."""

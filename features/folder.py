@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -44,6 +45,8 @@ class DataFolder:
     root: Path
     classes: tuple[str, ...]
     splits: dict[str, Split]
+    # each split's file identities, read once per scan: the fingerprint and the incremental plan share them
+    _identities: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def split(self, name: str) -> Split:
         """The split of that name, or a DataLayoutError naming the splits there are."""
@@ -53,12 +56,20 @@ class DataFolder:
 
     def fingerprint(self, split: str) -> str:
         """Changes whenever a file of the split is added, removed, renamed, rewritten or relabeled."""
-        digest = hashlib.sha256("\n".join(self.classes).encode())
         rows = self.split(split)
-        for rel, label in zip(rows.paths, rows.labels):
-            stat = (self.root / rel).stat()
-            digest.update(f"\n{rel}\t{label}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
-        return digest.hexdigest()
+        lines = (f"\n{rel}\t{label}\t{size}\t{mtime_ns}"
+                 for rel, label, (size, mtime_ns) in zip(rows.paths, rows.labels.tolist(), self.identities(split).tolist()))
+        return hashlib.sha256(("\n".join(self.classes) + "".join(lines)).encode()).hexdigest()
+
+    def identities(self, split: str) -> np.ndarray:
+        """(N, 2) int64: each file's size and modification time (ns), in the order of its paths: with the path,
+        what tells a file unchanged, so its cached row is kept (as Make and DVC tell theirs)."""
+        if split not in self._identities:
+            root = str(self.root)
+            stats = [os.stat(os.path.join(root, rel)) for rel in self.split(split).paths]
+            self._identities[split] = np.array([(s.st_size, s.st_mtime_ns) for s in stats],
+                                               dtype=np.int64).reshape(-1, 2)
+        return self._identities[split]
 
 
 def label_of(path: str, classes: tuple[str, ...]) -> int:
@@ -115,6 +126,21 @@ def _listed(path: Path) -> list[Path]:
     return [Path(entry) if Path(entry).is_absolute() else path.parent / entry for entry in entries]
 
 
+def _listing(folder: Path) -> tuple[list[str], list[str]]:
+    """(image file names, folder names) directly in folder, sorted, hidden ones left out. One os.scandir, whose
+    entries know their type: a split of 25,000 files is listed in milliseconds, not a stat call per file."""
+    images, folders = [], []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                folders.append(entry.name)
+            elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                images.append(entry.name)
+    return sorted(images), sorted(folders)
+
+
 def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
@@ -127,21 +153,17 @@ def scan_data_folder(root: str | Path) -> DataFolder:
     labeled: dict[str, dict[str, list[str]]] = {}
     unlabeled: dict[str, list[str]] = {}
     for split_dir in (p for p in _visible(list(root.iterdir())) if p.is_dir()):
-        entries = _visible(list(split_dir.iterdir()))
-        images = [p for p in entries if _is_image(p)]
-        class_dirs = [p for p in entries if p.is_dir()]
+        images, class_dirs = _listing(split_dir)
         if images and class_dirs:
             raise DataLayoutError(
                 f"split {split_dir} holds both images and subfolders; put a labeled split's images "
                 f"in one subfolder per class, and an unlabeled split's images directly in it"
             )
         if images:
-            unlabeled[split_dir.name] = [p.relative_to(root).as_posix() for p in images]
+            unlabeled[split_dir.name] = [f"{split_dir.name}/{name}" for name in images]
         elif class_dirs:
-            labeled[split_dir.name] = {
-                d.name: [p.relative_to(root).as_posix() for p in _visible(list(d.iterdir())) if _is_image(p)]
-                for d in class_dirs
-            }
+            labeled[split_dir.name] = {d: [f"{split_dir.name}/{d}/{name}" for name in _listing(split_dir / d)[0]]
+                                       for d in class_dirs}
         else:
             log.warning("skipping %s: it holds no images and no class folders", split_dir)
     classes = _agreed_classes(root, labeled)

@@ -13,6 +13,7 @@ from typing import Iterable
 
 from .errors import CacheError, DataLayoutError, did_you_mean
 from .folder import DataFolder, scan_data_folder
+from .job import extract_hint
 from .registry import BOOK
 from .store import FeatureCache
 
@@ -27,7 +28,7 @@ def check_fresh(cache: FeatureCache, splits: Iterable[str]) -> None:
         if split not in cache.splits:
             raise CacheError(f"{cache.path} has no split {split!r}{did_you_mean(split, cache.splits)} (it has "
                              f"{', '.join(cache.splits)}); name one of those with --split, or if {root / split}/ was added since, "
-                             f"run `cnnfeat extract --data {root} --workdir {cache.path.parent}` first")
+                             f"run `{extract_hint(cache.path.parent, root)}` first")
     if not root.is_dir():
         log.debug("data folder %s is not reachable; trusting the cache as it is", root)
         return
@@ -35,13 +36,13 @@ def check_fresh(cache: FeatureCache, splits: Iterable[str]) -> None:
         folder = scan_data_folder(root)
     except DataLayoutError as err:
         raise CacheError(f"the data folder the cache was made from no longer reads as a data folder ({err}); "
-                         f"fix it, then run `cnnfeat extract --data {root} --workdir {cache.path.parent}`") from err
+                         f"fix it, then run `{extract_hint(cache.path.parent, root)}`") from err
     for split in splits:
         why = _staleness(cache, folder, split)
         if why:
             raise CacheError(
                 f"the features of split {split!r} in {cache.path} are stale: {why} since they were extracted; "
-                f"run `cnnfeat extract --data {root} --workdir {cache.path.parent}` (or `cnnfeat run`) first"
+                f"run `{extract_hint(cache.path.parent, root)}` (or `cnnfeat run --workdir {cache.path.parent}`) first"
             )
 
 
@@ -60,7 +61,8 @@ def _staleness(cache: FeatureCache, folder: DataFolder, split: str) -> str:
 
 
 def pending_extraction(cache: FeatureCache, backbones: Iterable[str] = tuple(BOOK)) -> list[tuple[str, str, str]]:
-    """(split, dataset, why) that `cnnfeat run` with the cache's own settings would compute again."""
+    """(split, dataset, why) that `cnnfeat run` with the cache's own settings would compute again; `backbones`:
+    the datasets the job wants (a workdir's job.toml names them), besides those cached."""
     try:
         folder = scan_data_folder(Path(cache.data_root))
     except (DataLayoutError, OSError) as err:

@@ -113,12 +113,25 @@ def split_names(names: str | list[str] | tuple[str, ...]) -> list[str]:
     return [n.strip() for item in items for n in item.split(",") if n.strip()]
 
 
+def _book_spec(name: str) -> BackboneSpec | None:
+    key = name.strip().lower()
+    return next((spec for spec in BOOK.values() if key == spec.name or key in spec.aliases), None)
+
+
+def registry_names(names: str | list[str] | tuple[str, ...]) -> list[str]:
+    """The names resolve_backbones gives, without asking a model library (no torch): 'all' as the book's three,
+    a book alias as its name, any other name as it is spelled (torchvision's and timm's names are their own)."""
+    found = []
+    for name in split_names(names):
+        found += list(BOOK) if name.lower() == "all" else [spec.name if (spec := _book_spec(name)) else name]
+    return list(dict.fromkeys(found))
+
+
 def get_backbone(name: str) -> BackboneSpec:
     """A book backbone by name or alias (any case), `timm:<model>`, or a torchvision classification model."""
     key = name.strip()
-    for spec in BOOK.values():
-        if key.lower() == spec.name or key.lower() in spec.aliases:
-            return spec
+    if (spec := _book_spec(key)) is not None:
+        return spec
     if key.lower().startswith(TIMM_PREFIX):
         return _timm_spec(key[len(TIMM_PREFIX):])
     return _torchvision_spec(key)

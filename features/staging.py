@@ -35,6 +35,17 @@ def _atomic_save(path: Path, **arrays: np.ndarray) -> None:
         np.savez(handle, **arrays)
 
 
+def staged_rows(workdir: Path) -> dict[str, dict[str, int]]:
+    """{split: {dataset: rows staged so far}}: how far a running (or stopped) extraction got."""
+    root, found = Path(workdir) / STAGING_DIR, {}
+    for folder in sorted(root.glob("*/*")) if root.is_dir() else ():
+        rows = sum(stop - start for start, stop in map(Staging._span, folder.glob("*.npz")))
+        split = found.setdefault(folder.parent.name, {})
+        dataset = folder.name.rsplit("-", 1)[0]
+        split[dataset] = max(rows, split.get(dataset, 0))
+    return found
+
+
 class Staging:
     """Finished batches of one (split, backbone, settings) job, one .npz file each, for resuming."""
 

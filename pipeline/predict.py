@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from features import (ConfigError, FeatureCache, ProgressFn, accuracy, atomic_output, cache_path, check_fresh,
-                      did_you_mean,
-                      log_loss, scan_data_folder, writes_workdir)
+from features import (HFLIP, ConfigError, FeatureCache, ProgressFn, accuracy, atomic_output, cache_path, check_fresh,
+                      did_you_mean, extract_hint, log_loss, scan_data_folder, writes_workdir)
 
 from . import finetuned
 from .config import PredictConfig
@@ -66,7 +65,7 @@ def _missing_model(cfg: PredictConfig) -> str:
     else:
         how = f"`cnnfeat train-head {workdir} --backbone {base}` trains it on features `cnnfeat extract` stored"
     if cfg.model.endswith(FLIP_SUFFIX):
-        how += " with mirrored views: `cnnfeat extract ... --views hflip` first (`cnnfeat run` stores them)"
+        how += f" with mirrored views: `{extract_hint(cfg.workdir, views=HFLIP)}` first"
     listed = ", ".join(there) if there else "none yet"
     return (f"--model {cfg.model!r}: there is no such model in {cfg.workdir}{did_you_mean(cfg.model, there)}; "
             f"{how}. Models there: {listed}")

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Sequence
 
-from features import (ConfigError, DataLayoutError, ExtractConfig, ExtractReport, ProgressFn, extract,
-                      resolve_backbones, scan_prepared_folder, validation_plan, writes_workdir)
+from features import (ConfigError, DataLayoutError, ExtractConfig, ExtractReport, ProgressFn, extract, feature_names,
+                      scan_prepared_folder, validation_plan, workdir_lock)
 
 from .config import PredictConfig
-from .heads import (BEST, ENSEMBLE, HeadConfig, TrainResult, select_best, train_concat, train_ensemble,
+from .heads import (BEST, HeadConfig, TrainResult, select_best, train_concat, train_ensemble,
                     train_linear_heads)
 from .predict import PredictResult, predict
 
@@ -31,10 +32,17 @@ class RunReport:
     prediction: PredictResult | None = None
     predicted_with: str | None = None
 
+    @property
+    def nothing_done(self) -> bool:
+        """True when no stage computed, trained or wrote anything: the job was up to date."""
+        return (not self.extract.computed and not any(r.trained for r in self.heads)
+                and (self.prediction is None or not self.prediction.written))
 
-def check_run(extract_cfg: ExtractConfig, head_cfg: HeadConfig, predict_cfg: PredictConfig) -> bool:
+
+def check_run(extract_cfgs: Sequence[ExtractConfig], head_cfg: HeadConfig, predict_cfg: PredictConfig) -> bool:
     """Refuse now what would fail after extraction; True when there is an unlabeled split to predict."""
-    resolve_backbones(extract_cfg.backbones)
+    feature_names(extract_cfgs)
+    extract_cfg = extract_cfgs[0]
     folder = scan_prepared_folder(extract_cfg.data, head_cfg.train_split)
     plan = validation_plan({name: split.labeled for name, split in folder.splits.items()}, head_cfg.train_split,
                            head_cfg.val_split, head_cfg.holdout, head_cfg.seed)
@@ -48,24 +56,34 @@ def check_run(extract_cfg: ExtractConfig, head_cfg: HeadConfig, predict_cfg: Pre
     return test is not None and not test.labeled
 
 
-@writes_workdir
-def run_pipeline(extract_cfg: ExtractConfig, head_cfg: HeadConfig, predict_cfg: PredictConfig,
+def run_pipeline(extract_cfg: ExtractConfig | Sequence[ExtractConfig], head_cfg: HeadConfig, predict_cfg: PredictConfig,
                  progress: ProgressFn | None = None) -> RunReport:
-    """Extract, a probe per backbone, the combined models, `best`, then predict the unlabeled split."""
-    unlabeled = check_run(extract_cfg, head_cfg, predict_cfg)
-    report = RunReport(extract(extract_cfg, progress))
+    """Extract (one config, or one per group of backbones with their own weights and size), a probe per
+    backbone's features, the combined models, `best`, then predict the unlabeled split."""
+    extract_cfgs = [extract_cfg] if isinstance(extract_cfg, ExtractConfig) else list(extract_cfg)
+    with workdir_lock(head_cfg.workdir):  # the stages' writers: no other in between
+        return _run_stages(extract_cfgs, head_cfg, predict_cfg, progress)
+
+
+def _run_stages(extract_cfgs: list[ExtractConfig], head_cfg: HeadConfig, predict_cfg: PredictConfig,
+                progress: ProgressFn | None) -> RunReport:
+    unlabeled = check_run(extract_cfgs, head_cfg, predict_cfg)
+    report = RunReport(extract(extract_cfgs, progress))
     if not report.extract.main:  # under torchrun only extraction is shared; rank 0 does the rest
         return report
-    backbones = [spec.name for spec in resolve_backbones(extract_cfg.backbones)]
+    backbones = feature_names(extract_cfgs)
     report.heads = train_linear_heads(head_cfg, backbones)
+    predicted_with = backbones[0]
     if len(backbones) >= 2:
         if head_cfg.concat:
             report.heads += train_concat(head_cfg, backbones)
         report.heads.append(train_ensemble(head_cfg, backbones))
+        predicted_with = report.heads[-1].name
     if head_cfg.select:
         report.heads.append(select_best(head_cfg))
+        predicted_with = BEST
     if unlabeled:
-        report.predicted_with = BEST if head_cfg.select else ENSEMBLE if len(backbones) >= 2 else backbones[0]
+        report.predicted_with = predicted_with
         predict_cfg.model = report.predicted_with
         report.prediction = predict(predict_cfg)
     else:

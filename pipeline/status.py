@@ -8,6 +8,7 @@ Imports no torch: `cnnfeat info` and the reports use it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 from features import FeatureCache
 
@@ -23,9 +24,11 @@ def staleness(cache: FeatureCache, workdir: Path, model: str) -> str:
     return head_staleness(cache, workdir, model)
 
 
-def stale_models(cache: FeatureCache, workdir: Path, changing: set[tuple[str, str]]) -> list[tuple[str, str]]:
+def stale_models(cache: FeatureCache, workdir: Path, changing: set[tuple[str, str]],
+                 expected: Iterable[str] | None = None) -> list[tuple[str, str]]:
     """(model, why) for every model the next run would train again, `changing` being the (split, dataset)
-    features it will extract first."""
+    features it will extract first; `expected`: the heads the job makes (None: the book's)."""
     networks = [(name, finetuned.staleness(workdir, name)) for name in trained_models(workdir)
                 if finetuned.is_finetuned(name)]
-    return stale_heads(cache, workdir, changing) + [(name, why) for name, why in networks if why]
+    heads = stale_heads(cache, workdir, changing) if expected is None else stale_heads(cache, workdir, changing, expected)
+    return heads + [(name, why) for name, why in networks if why]

@@ -42,7 +42,9 @@ def test_extract_then_info_then_nothing_to_do(digits_folder, tmp_path):
     assert "classes: 0, 1, 2" in info.output
     assert "train: 24 images, labeled, 0 skipped" in info.output and "test: 6 images, unlabeled" in info.output
     assert "inception" in info.output and "weights=random:seed=0" in info.output and "layer=Mixed_7c" in info.output
-    assert "extract train/resnet34: not extracted yet" in info.output and "train ensemble: not trained yet" in info.output
+    # the job's own backbone, not the book's three: inception's probe and best are what a run would add
+    assert "features: inception (weights random, image size 80)" in info.output
+    assert "train inception: not trained yet" in info.output and "resnet34" not in info.output
 
 
 def test_info_tells_what_the_next_run_would_redo(digits_copy, tmp_path):

@@ -67,7 +67,7 @@ def test_torchrun_with_two_ranks_writes_the_single_process_cache(reference, digi
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("Extracted") == 1 and "42 images by 2 ranks" in done.stdout  # rank 0 reports for both
+    assert done.stdout.count("Extracted") == 1 and "42 images decoded by 2 ranks" in done.stdout  # rank 0 reports for both
     expected, got = snapshot(reference), snapshot(workdir)
     assert sorted(got) == sorted(key for key in expected if key[1] == "resnet34")
     for key, values in got.items():

@@ -10,7 +10,8 @@ import torch
 
 from PIL import Image
 
-from features import BOOK, ConfigError, FeatureCache, WeightsUnavailableError, WorkdirBusyError, extract, get_backbone, load_backbone
+from features import (BOOK, ConfigError, FeatureCache, WeightsUnavailableError, WorkdirBusyError, extract, feature_names,
+                      get_backbone, load_backbone)
 from features.backbones import TORCH_HUB_ADVICE
 from features.extract import StagingWriter, pad_rows
 from features.images import DecodedBatch, load_rgb
@@ -52,18 +53,25 @@ def test_rows_are_the_features_of_their_own_image(reference, digits_folder):
             assert settings["orientation"] == "exif" and settings["view"] == "" and settings["device"] == "cpu"
 
 
-def test_second_run_does_nothing_and_a_changed_file_redoes_its_split(digits_copy, tmp_path):
+def test_second_run_does_nothing_and_a_changed_file_redoes_only_that_file(digits_copy, tmp_path):
     cfg = extract_config(digits_copy, tmp_path / "work")
     first = extract(cfg)
     assert sorted(first.computed) == sorted((s, b) for s in ("test", "train", "valid") for b in NAMES)
+    before = snapshot(tmp_path / "work")
     again = extract(cfg)
     assert again.computed == [] and again.images_decoded == 0 and len(again.up_to_date) == 9
-    touched = next((digits_copy / "valid" / "1").iterdir())
+    touched = sorted((digits_copy / "valid" / "1").iterdir())[1]
     touched.write_bytes(touched.read_bytes())
     os.utime(touched, ns=(10**18, 10**18))
     third = extract(cfg)
     assert sorted(third.computed) == [("valid", b) for b in sorted(NAMES)]
-    assert third.images_decoded == 12
+    assert third.images_decoded == 1  # the other 11 rows of valid/ are copied, not recomputed
+    after = snapshot(tmp_path / "work")
+    with FeatureCache(tmp_path / "work" / "features.h5") as cache:
+        row = cache.paths("valid").index(touched.relative_to(digits_copy).as_posix())
+    for key, values in before.items():
+        others = np.delete(np.arange(len(values)), row) if key[0] == "valid" else np.arange(len(values))
+        np.testing.assert_array_equal(after[key][others], values[others], err_msg=str(key))
 
 
 def test_new_setting_or_backbone_recomputes_only_that(digits_folder, tmp_path):
@@ -323,10 +331,13 @@ def test_features_from_a_fine_tuned_checkpoint_are_its_classifier_input(digits_f
     model = _finetuned(checkpoint, seed=5)
     cfg = extract_config(digits_folder, tmp_path / "work", backbones=("resnet34",), weights=str(checkpoint), image_size=None)
     extract(cfg)
+    name = feature_names(cfg)[0]
+    assert name.startswith("resnet34@finetuned-")  # beside the ImageNet features, never in their place
     with FeatureCache(tmp_path / "work" / "features.h5") as cache:
-        settings, paths = cache.settings("valid", "resnet34"), cache.paths("valid")
-        stored = cache.features("valid", "resnet34")
+        settings, paths = cache.settings("valid", name), cache.paths("valid")
+        stored = cache.features("valid", name)
     assert settings["weights"].startswith("finetuned:sha256=") and settings["weights_file"] == "resnet34.pt"
+    assert name == f"resnet34@finetuned-{settings['weights'].removeprefix('finetuned:sha256=')[:8]}"
     assert settings["image_size"] == IMAGE_SIZE  # the size it was fine-tuned at
     pixels = load_rgb(digits_folder / paths[0], IMAGE_SIZE)[None].float() / 255
     x = (pixels - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / 0.2
@@ -335,7 +346,7 @@ def test_features_from_a_fine_tuned_checkpoint_are_its_classifier_input(digits_f
         through_fc = model.fc(torch.from_numpy(stored[:1]))
     torch.testing.assert_close(through_fc, logits, rtol=1e-4, atol=1e-4 * logits.abs().max().item())
     assert extract(cfg).computed == []
-    _finetuned(checkpoint, seed=6)  # a changed checkpoint makes its features stale
-    assert ("valid", "resnet34") in extract(cfg).computed
+    _finetuned(checkpoint, seed=6)  # a changed checkpoint makes features of another name
+    assert ("valid", feature_names(cfg)[0]) in extract(cfg).computed and feature_names(cfg)[0] != name
     with pytest.raises(ConfigError, match="is a fine-tuned resnet34, not densenet121"):
         extract(extract_config(digits_folder, tmp_path / "w2", backbones=("densenet121",), weights=str(checkpoint)))

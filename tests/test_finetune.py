@@ -16,7 +16,7 @@ import torch
 import torchvision
 from click.testing import CliRunner
 
-from features import FeatureCache, extract, get_backbone, load_rgb, preprocessing
+from features import FeatureCache, extract, feature_names, get_backbone, load_rgb, preprocessing
 import pipeline.finetune.train as finetune_train
 from pipeline.cli import main
 from pipeline.config import PredictConfig
@@ -220,11 +220,12 @@ def test_each_book_backbone_trains_extracts_and_predicts(backbone: str, tmp_path
     assert not finetune(cfg).trained  # finished: the same command does nothing again
 
     # extract --weights: the features are what the fine-tuned classifier consumes
-    extract(extract_config(digits_copy, workdir, backbones=(backbone,), weights=str(result.checkpoint),
-                           image_size=SMALL[backbone]))
-    with FeatureCache(workdir / "features.h5") as cache:
-        name = get_backbone(backbone).name
-        features, paths = cache.features("valid", name), cache.paths("valid")
+    tuned = extract_config(digits_copy, workdir, backbones=(backbone,), weights=str(result.checkpoint),
+                           image_size=SMALL[backbone])
+    extract(tuned)
+    name = get_backbone(backbone).name
+    with FeatureCache(workdir / "features.h5") as cache:  # <backbone>@finetuned-<hash>: beside ImageNet's, never in place
+        features, paths = cache.features("valid", feature_names(tuned)[0]), cache.paths("valid")
     prep = preprocessing(get_backbone(backbone), str(result.checkpoint))
     model = new_model(get_backbone(backbone), "random", 3, 0)
     model.load_state_dict(torch.load(result.checkpoint, weights_only=True)["state_dict"])

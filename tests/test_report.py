@@ -37,7 +37,8 @@ def trained_workdir(digits10_cache, tmp_path_factory):
 def test_reports_are_pictures_and_numbers_that_agree_with_training(trained_workdir):
     report = build_reports(trained_workdir)
     rows = report.models
-    assert [r.model for r in rows] == ["densenet121", "resnet34", "ensemble", "best"] and not report.skipped
+    assert [r.model for r in rows] == ["densenet121", "resnet34", "ensemble@resnet34,densenet121", "best"]
+    assert not report.skipped
     folder = reports_dir(trained_workdir)
     for name in [TRAINING_CURVES] + [f"confusion_{r.model}.png" for r in rows]:
         assert (folder / name).read_bytes().startswith(PNG), name
@@ -81,7 +82,7 @@ def test_a_stale_model_is_left_out_with_a_note(digits10_workdir):
     result = CliRunner().invoke(main, ["train-head", "--workdir", str(digits10_workdir), "--backbone", "resnet34",
                                        "--c-grid", "0.01,1", "--no-flip", "--no-select"])
     assert result.exit_code == 0, result.output  # its own work succeeded: the stale ensemble does not fail it
-    assert "report leaves out ensemble: its features or the split files changed" in result.output
+    assert "report leaves out ensemble@resnet34,densenet121: its features or the split files changed" in result.output
     report = build_reports(digits10_workdir)
     assert [r.model for r in report.models] == ["densenet121", "resnet34"]
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 
@@ -86,3 +87,21 @@ def test_missing_split_or_backbone_names_what_exists(tmp_path):
             cache.paths("valid")
         with pytest.raises(CacheError, match="'inception' has no features.*cached: resnet34.*--backbone inception"):
             cache.features("train", "inception")
+
+
+def test_a_format_1_cache_is_read_and_keeps_no_rows_when_its_files_change(tmp_path):
+    staging = Staging(tmp_path, "train", "resnet34", "k")
+    stage_rows(staging, 0, 2)
+    identities = np.array([[10, 1], [20, 2]], dtype=np.int64)
+    content = SplitContent("train", "fp", ("a", "b"), np.zeros(2, dtype=np.int64), True,
+                           {"resnet34": (staging, {"backbone": "resnet34"}, (3,))}, identities)
+    commit_cache(tmp_path / "features.h5", ("c",), "/data", [content])
+    with FeatureCache(tmp_path / "features.h5") as cache:  # format 2: unchanged files are known by their identity
+        assert cache.reusable_rows("train", ("a", "b", "new"), np.array([[10, 1], [21, 2], [5, 5]])).tolist() == [
+            True, False, False]
+    with h5py.File(tmp_path / "features.h5", "r+") as f:  # as cnnfeat 0.2.0 wrote it
+        f.attrs["format_version"] = 1
+        del f["train/identity"], f["train/skipped_identity"]
+    with FeatureCache(tmp_path / "features.h5") as cache:
+        assert cache.features("train", "resnet34")[:, 0].tolist() == [0, 1]
+        assert not cache.reusable_rows("train", ("a", "b"), identities).any()

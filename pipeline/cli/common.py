@@ -9,13 +9,15 @@ import os
 import sys
 import tempfile
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import click
 
 from features import (ALL_BACKBONES, DEFAULT_DEVICE, DEFAULT_SEED, DEFAULT_WORKDIR, DEVICES, SEED, VIEWS, Bounds,
-                      CnnfeatError, ConfigError, WorkdirBusyError, bounds_of)
+                      CnnfeatError, ConfigError, FeatureGroup, Job, WorkdirBusyError, bounds_of, job_path, read_job,
+                      write_job)
 
 Settings = TypeVar("Settings")
 
@@ -198,6 +200,111 @@ def backbones_option(flag: str, help: str) -> Callable[..., Any]:
 WORKDIR_HELP = "Where features.h5 and everything after it live."
 workdir_option = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_WORKDIR,
                               callback=usable_path("workdir"), help=WORKDIR_HELP)
+
+# What a workdir's job.toml records (README: "The workdir remembers its job"), by option name, besides its [[features]] groups
+# (backbones, weights, image size): the settings that decide its results. Speed settings (batch size, workers,
+# device) are the machine's, not the job's.
+JOB_SETTINGS = ("data", "views", "pool", "precision", "decode", "seed", "train_split", "val_split", "holdout",
+                "c_grid", "max_iter", "flip", "concat", "epochs", "lr", "weight_decay", "patience", "dropout", "hidden",
+                "head_batch_size", "folds", "calibrate", "select", "refit", "kaggle_binary", "clip")
+JOB = "cnnfeat.job"  # the key of the workdir's recorded job in click's ctx.meta
+
+
+def _read_job(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """The workdir's recorded settings become the command's defaults, beneath a --config file's and the
+    command line's: one precedence for every setting (flag > --config > job.toml > the settings' defaults)."""
+    workdir = usable_path("workdir")(ctx, param, value)
+    try:
+        job = read_job(workdir)
+    except ConfigError as err:
+        raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+    ctx.meta[JOB] = job
+    if job is not None:
+        options = {p.name: p for p in ctx.command.params}
+        recorded = {k: option_value(options[k], v) for k, v in job.settings.items() if k in options and k in JOB_SETTINGS}
+        ctx.default_map = {**recorded, **(ctx.default_map or {})}
+    return workdir
+
+
+job_workdir_option = click.option(
+    "--workdir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_WORKDIR, is_eager=True,
+    callback=_read_job, help=f"{WORKDIR_HELP} Its job.toml holds the settings of the commands before: what this "
+                             f"command is not told, it takes from there.")
+
+
+def option_value(param: click.Parameter, value: Any) -> Any:
+    """A setting read from TOML as its option takes it on a command line: a list as a comma list (c-grid = [0.01, 1]
+    as --c-grid 0.01,1; views = [] as --views none), a string for a repeatable option as one occurrence."""
+    if isinstance(value, list) and not getattr(param, "multiple", False):
+        return ",".join(map(str, value)) or "none"
+    if isinstance(value, str) and getattr(param, "multiple", False):
+        return [value]
+    return value
+
+
+def given(name: str) -> bool:
+    """Whether the option was set on the command line or by --config, not left to its default or the job."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (click.core.ParameterSource.DEFAULT, None) and not _from_job(name)
+
+
+def _from_job(name: str) -> bool:
+    ctx = click.get_current_context()
+    job = ctx.meta.get(JOB)
+    return (job is not None and name in job.settings and
+            ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT_MAP and
+            _recorded(ctx.params.get(name)) == job.settings[name])
+
+
+def _recorded(value: Any) -> Any:
+    """A setting as job.toml holds it: paths absolute (a hint pasted anywhere finds them), tuples as lists."""
+    if isinstance(value, Path):
+        return str(value.resolve())
+    return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass
+class JobUpdate:
+    """The workdir's job as this command leaves it, saved once the command has done its work (a command that
+    fails leaves the workdir and its job as they were)."""
+
+    workdir: Path
+    job: Job
+    changes: list[str]
+    first: bool  # no job was recorded before
+
+    def save(self) -> None:
+        """Write job.toml and say, in one line, what changed in a job recorded before."""
+        if self.first:
+            click.echo(f"job: recorded in {job_path(self.workdir)}; later commands take their settings from there")
+        elif self.changes:
+            click.echo(f"job: {'; '.join(self.changes)}")
+        if self.first or self.changes or read_job(self.workdir) != self.job:
+            write_job(self.workdir, self.job)
+
+
+def job_update(workdir: Path, o: dict[str, Any], groups: list[FeatureGroup] | None = None,
+               group_changes: tuple[str, ...] = ()) -> JobUpdate:
+    """The command's settings recorded in the workdir's job (groups: its feature groups, when it extracts)."""
+    before = click.get_current_context().meta.get(JOB)
+    job = Job(dict(before.settings), list(before.features)) if before is not None else Job()
+    changes = list(group_changes)
+    for name in JOB_SETTINGS:
+        if name in o and o[name] is not None:  # None: "choose for me", the settings' default (--clip unset)
+            value = _recorded(o[name])
+            if before is not None and name in job.settings and job.settings[name] != value:
+                changes.append(f"{name} {shown_setting(job.settings[name])} -> {shown_setting(value)}")
+            job.settings[name] = value
+    if groups is not None:
+        job.features = groups
+    return JobUpdate(workdir, job, changes, before is None)
+
+
+def shown_setting(value: Any) -> str:
+    """A recorded setting as a person reads it: a list as a comma list (none when empty)."""
+    return (",".join(map(str, value)) or "none") if isinstance(value, list) else str(value)
+
+
 read_workdir_option = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
                                    default=DEFAULT_WORKDIR, callback=usable_path("workdir", write=False),
                                    help=WORKDIR_HELP)

@@ -9,17 +9,19 @@ from typing import Any, Callable
 
 import click
 
-from features import DECODERS, DEFAULT_LABEL_PATTERN, POOLS, PRECISIONS, ConfigError, ExtractConfig, PrepareConfig
+from features import (DECODERS, DEFAULT_LABEL_PATTERN, POOLS, PRECISIONS, ConfigError, ExtractConfig, FeatureGroup,
+                      PrepareConfig, registry_names)
 
-from .common import (BATCHES_KEPT, EXIT_PROBLEM, NOTHING_HALF_WRITTEN, backbones_option, device_option, force_option,
-                     handled, options, read_workdir_option, seed_option, setting_option, settings, views_option,
-                     usable_path, with_progress, workdir_option)
+from .common import (BATCHES_KEPT, EXIT_PROBLEM, JOB, NOTHING_HALF_WRITTEN, JobUpdate, backbones_option, device_option,
+                     force_option, given, handled, job_update, job_workdir_option, options, read_workdir_option,
+                     seed_option, setting_option, settings, shown_setting, views_option, usable_path, with_progress)
 
 
 def extract_options(views_default: tuple[str, ...]) -> Callable[..., Any]:
     return options(
         click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-                     help="Folder with one subfolder per split: train/<class>/*.jpg, valid/<class>/*.jpg, test/*.jpg."),
+                     help="Folder with one subfolder per split: train/<class>/*.jpg, valid/<class>/*.jpg, test/*.jpg "
+                          "[default: the workdir's job's]."),
         click.option("--weights", default=ExtractConfig.weights,
                      help="imagenet: each model's pretrained weights; a weights name of the model (IMAGENET1K_V2, "
                           "see `cnnfeat backbones`); a fine-tuned checkpoint path/to/<backbone>.pt (what `cnnfeat "
@@ -39,39 +41,78 @@ def extract_options(views_default: tuple[str, ...]) -> Callable[..., Any]:
     )
 
 
-def extract_config(o: dict[str, Any], backbones: tuple[str, ...]) -> ExtractConfig:
-    """The command's options as extraction settings (--batch-size is extract_batch_size: `run` has a head's too)."""
-    given = {**o, "backbones": backbones, "batch_size": o["extract_batch_size"]}
-    return settings(ExtractConfig, **{f.name: given[f.name] for f in fields(ExtractConfig) if f.name in given})
+def extract_config(o: dict[str, Any], group: FeatureGroup) -> ExtractConfig:
+    """The command's options as extraction settings for one group of backbones (--batch-size is
+    extract_batch_size: `run` has a head's too)."""
+    values = {**o, "backbones": group.backbones, "weights": group.weights, "image_size": group.image_size,
+              "batch_size": o["extract_batch_size"]}
+    return settings(ExtractConfig, **{f.name: values[f.name] for f in fields(ExtractConfig) if f.name in values})
+
+
+def feature_groups(o: dict[str, Any], backbones: tuple[str, ...]) -> tuple[list[FeatureGroup], list[FeatureGroup], list[str]]:
+    """(the groups this command extracts, the job's groups after it, what it changed in them).
+
+    Backbones named on the command line (or by --config) are extracted and added to the job, each at the
+    weights and size given, else at the ones the job has for it, else at the job's first group's. Without
+    them, the job's groups are extracted, with --weights and --image-size changing every group where given."""
+    job = click.get_current_context().meta.get(JOB)
+    if job is None or not job.features:
+        group = FeatureGroup(tuple(registry_names(backbones)), o["weights"], o["image_size"])
+        return [group], [group], []
+    if given("backbones"):
+        groups = []
+        for name in registry_names(backbones):
+            known = job.groups_for((name,)) or job.features
+            groups.append(FeatureGroup((name,), o["weights"] if given("weights") else known[0].weights,
+                                       o["image_size"] if given("image_size") else known[0].image_size))
+    else:
+        groups = [FeatureGroup(g.backbones, o["weights"] if given("weights") else g.weights,
+                               o["image_size"] if given("image_size") else g.image_size) for g in job.features]
+    changes = []
+    for group in groups:
+        job, changed = job.with_group(group)
+        changes += changed
+    extracted = groups if given("backbones") else job.features
+    return extracted, job.features, changes
+
+
+def job_extraction(o: dict[str, Any], backbones: tuple[str, ...]) -> tuple[list[ExtractConfig], JobUpdate]:
+    """The extraction settings of this command, per feature group, and the job it leaves the workdir with."""
+    extracted, recorded, changes = feature_groups(o, backbones)
+    configs = [extract_config(o, group) for group in extracted]
+    return configs, job_update(o["workdir"], o, recorded, tuple(changes))
 
 
 @click.command("extract")
 @backbones_option("--backbone", "all (the book's resnet34, inception, densenet121), any torchvision model "
-                                "(`cnnfeat backbones`), timm:<name>; comma lists, repeatable.")
-@workdir_option
+                                "(`cnnfeat backbones`), timm:<name>; comma lists, repeatable [default: the job's].")
+@job_workdir_option
 @extract_options(())
 @force_option
 @handled(BATCHES_KEPT)
 def extract_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 1: decode every image once, run the frozen backbones, cache the features in HDF5."""
-    cfg = extract_config(o, backbones)
+    configs, job = job_extraction(o, backbones)
     from features import extract
 
-    report = with_progress(lambda progress: extract(cfg, progress=progress))
-    if report.main:  # under torchrun, rank 0 speaks for all
+    report = with_progress(lambda progress: extract(configs, progress=progress))
+    if report.main:  # under torchrun, rank 0 speaks for all, and records the job
         print_extract(report)
+        job.save()
 
 
 def print_extract(report: Any) -> None:
+    for note in report.notes:
+        click.echo(note)
     for split, skipped in report.skipped_files.items():
         click.echo(f"{split}: {len(skipped)} file(s) could not be decoded and are left out (see `cnnfeat info`)")
     if not report.computed:
         click.echo(f"Nothing to do: {report.cache} is up to date for {_pairs(report.up_to_date)}.")
         return
     ranks = f" by {len(report.images_per_rank)} ranks" if len(report.images_per_rank) > 1 else ""
-    built = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.build_seconds.items())
+    built = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.build_seconds.items()) or "none needed"
     click.echo(
-        f"Extracted {_pairs(report.computed)}: {report.images_decoded} images{ranks} in {report.seconds:.1f} s "
+        f"Extracted {_pairs(report.computed)}: {report.images_decoded} images decoded{ranks} in {report.seconds:.1f} s "
         f"({report.images_per_second:.1f} img/s; models built in {built}) -> {report.cache}"
     )
     if report.up_to_date:
@@ -134,44 +175,106 @@ def prepare_command(**o: Any) -> None:
 @click.option("--verify", is_flag=True, help="Also read every stored byte, checking the checksums.")
 @handled(NOTHING_HALF_WRITTEN)
 def info_command(workdir: Path, verify: bool) -> None:
-    """Show what the feature cache holds, and what the next `cnnfeat run` would redo."""
-    from features import FeatureCache, cache_path, pending_extraction
+    """Show the workdir's job, what its feature cache holds, and what the next `cnnfeat run` would redo."""
+    from features import FeatureCache, cache_path, extract_hint, lock_holder, read_job
 
-    from ..status import stale_models
-
+    job = read_job(workdir)
+    if job is not None:
+        print_job(workdir, job)
+    holder = lock_holder(workdir)
+    if holder is not None:
+        print_running(workdir, holder, job)
+    if not cache_path(workdir).exists() and (job is not None or holder is not None):
+        if holder is None:
+            click.echo(f"\nno feature cache yet: `{extract_hint(workdir)}` (or `cnnfeat run --workdir {workdir}`) "
+                       f"makes it")
+        return
     with FeatureCache(cache_path(workdir)) as cache:
-        click.echo(f"cache:   {cache.path}")
-        click.echo(f"data:    {cache.data_root}")
-        click.echo(f"classes: {', '.join(cache.classes) or '(none: no labeled split)'}")
-        for split in cache.splits:
-            kind = "labeled" if cache.is_labeled(split) else "unlabeled"
-            skipped = cache.skipped(split)
-            click.echo(f"\n{split}: {len(cache.paths(split))} images, {kind}, {len(skipped)} skipped")
-            for dataset in cache.datasets(split):
-                s = cache.settings(split, dataset)
-                shape = "x".join(map(str, cache.feature_shape(split, dataset)))
-                click.echo(f"  {dataset:<16} {shape:>10}  weights={s['weights']} pool={s['pool']} "
-                           f"image_size={s['image_size']} precision={s['precision']} layer={s.get('layer', '?')}")
-            for path, reason in skipped:
-                click.echo(f"  skipped {path}: {reason}")
+        print_cache(cache)
         damaged = cache.verify() if verify else []
-        pending = pending_extraction(cache)
-        stale = stale_models(cache, workdir, {(split, dataset) for split, dataset, _ in pending})
+        pending, stale = next_run(cache, workdir, job)
     if verify:
         click.echo("\nverify: every dataset reads back and matches its checksums" if not damaged else "\nverify:")
         for line in damaged:
             click.secho(f"  {line}", fg="red")
-    click.echo("\nthe next `cnnfeat run` with the same settings would:")
+    click.echo(f"\nthe next `cnnfeat run --workdir {workdir}` would:" if job is not None else
+               "\nthe next `cnnfeat run` with the same settings would:")
     if not pending and not stale and not damaged:
         click.echo("  do nothing: everything is up to date")
     if damaged:
-        click.echo("  fail on the damaged datasets: rebuild with `cnnfeat extract --force`")
+        click.echo(f"  fail on the damaged datasets: rebuild with `{extract_hint(workdir, force=True)}`")
     for split, dataset, why in pending:
         click.echo(f"  extract {split}/{dataset}: {why}")
     for name, why in stale:
         click.echo(f"  train {name}: {why}")
     if damaged:
         sys.exit(EXIT_PROBLEM)
+
+
+def print_job(workdir: Path, job: Any) -> None:
+    """The job's own settings: what `cnnfeat extract --workdir W` and `cnnfeat run --workdir W` redo."""
+    from features import job_path
+
+    extraction = ("views", "pool", "precision", "decode", "seed")
+    click.echo(f"job:     {job_path(workdir)}")
+    click.echo(f"  data:     {job.settings.get('data', '(not recorded: give --data)')}")
+    for group in job.features:
+        click.echo(f"  features: {group.describe()}")
+    click.echo("  extract:  " + ", ".join(f"{k}={shown_setting(job.settings[k])}" for k in extraction if k in job.settings))
+    heads = [k for k in job.settings if k not in (*extraction, "data")]
+    if heads:
+        click.echo("  heads:    " + ", ".join(f"{k}={shown_setting(job.settings[k])}" for k in heads))
+    click.echo("")
+
+
+def print_running(workdir: Path, holder: str, job: Any) -> None:
+    """Another process holds the workdir: say so, and how far its extraction got (its staged batches)."""
+    from features import DataLayoutError, scan_data_folder, staged_rows
+
+    click.echo(f"running: another cnnfeat process (pid {holder}) is writing to {workdir} now; what follows is the "
+               f"state before it finishes")
+    try:
+        folder = scan_data_folder(job.settings["data"]) if job is not None and "data" in job.settings else None
+    except (DataLayoutError, OSError):
+        folder = None
+    for split, datasets in staged_rows(workdir).items():
+        total = f" of {len(folder.splits[split].paths)}" if folder is not None and split in folder.splits else ""
+        done = ", ".join(f"{name} {rows}{total}" for name, rows in datasets.items())
+        click.echo(f"  extracting {split}: {done} images staged")
+
+
+def print_cache(cache: Any) -> None:
+    click.echo(f"cache:   {cache.path}")
+    click.echo(f"data:    {cache.data_root}")
+    click.echo(f"classes: {', '.join(cache.classes) or '(none: no labeled split)'}")
+    for split in cache.splits:
+        kind = "labeled" if cache.is_labeled(split) else "unlabeled"
+        skipped = cache.skipped(split)
+        click.echo(f"\n{split}: {len(cache.paths(split))} images, {kind}, {len(skipped)} skipped")
+        for dataset in cache.datasets(split):
+            s = cache.settings(split, dataset)
+            shape = "x".join(map(str, cache.feature_shape(split, dataset)))
+            click.echo(f"  {dataset:<16} {shape:>10}  weights={s['weights']} pool={s['pool']} "
+                       f"image_size={s['image_size']} precision={s['precision']} layer={s.get('layer', '?')}")
+        for path, reason in skipped:
+            click.echo(f"  skipped {path}: {reason}")
+
+
+def next_run(cache: Any, workdir: Path, job: Any) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
+    """(split, dataset, why) to extract and (model, why) to train in the next run: the job's, else the book's."""
+    from features import dataset_name, pending_extraction
+
+    from ..heads import expected_heads
+    from ..status import stale_models
+    from .heads import head_config
+
+    if job is None or not job.features:
+        pending = pending_extraction(cache)
+        return pending, stale_models(cache, workdir, {(split, dataset) for split, dataset, _ in pending})
+    names, views = job.feature_names(), job.settings.get("views", [])
+    pending = pending_extraction(cache, [dataset_name(n, v) for n in names for v in ("", *views)])
+    expected = expected_heads(names, views, head_config({**job.settings, "workdir": workdir}))
+    return pending, stale_models(cache, workdir, {(split, dataset) for split, dataset, _ in pending}, expected)
 
 
 @click.command("backbones")

@@ -12,8 +12,9 @@ from features import bounds_of
 
 from ..heads.config import BEST, C_GRID, HeadConfig
 from ..report.config import ReportConfig
-from .common import (NOTHING_HALF_WRITTEN, NumberList, backbones_option, device_option, force_option, handled, options,
-                     seed_option, setting_option, settings, with_progress, workdir_option)
+from .common import (NOTHING_HALF_WRITTEN, NumberList, backbones_option, device_option, force_option, handled,
+                     job_update, job_workdir_option, options, seed_option, setting_option, settings, with_progress,
+                     workdir_option)
 
 
 head_common_options = options(
@@ -63,7 +64,7 @@ def head_config(o: dict[str, Any]) -> HeadConfig:
 
 def head_stage(*stage_options: Callable[..., Any]) -> Callable[..., Any]:
     """What train-head and ensemble both take, around their own options."""
-    return options(workdir_option, head_common_options, probe_options, *stage_options, seed_option, device_option,
+    return options(job_workdir_option, head_common_options, probe_options, *stage_options, seed_option, device_option,
                    force_option, handled(NOTHING_HALF_WRITTEN))
 
 
@@ -72,7 +73,7 @@ def head_stage(*stage_options: Callable[..., Any]) -> Callable[..., Any]:
 @head_stage()
 def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 2: a linear probe per backbone, its L2 strength swept and chosen on out-of-fold predictions of the training rows."""
-    cfg = head_config(o)
+    cfg, job = head_config(o), job_update(o["workdir"], o)
     from features import workdir_lock
 
     from ..heads import select_best, train_linear_heads
@@ -82,6 +83,7 @@ def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
         if cfg.select:
             results.append(select_best(cfg))
         after_training(cfg.workdir, results)
+        job.save()
 
 
 @click.command("ensemble")
@@ -89,7 +91,7 @@ def train_head_command(backbones: tuple[str, ...], **o: Any) -> None:
 @head_stage(ensemble_options, head_batch_option("--batch-size"))
 def ensemble_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 3: the book's three-branch head and the concatenation probe, then `best` among every model."""
-    cfg = head_config(o)
+    cfg, job = head_config(o), job_update(o["workdir"], o)
     from features import workdir_lock
 
     from ..heads import select_best, train_concat, train_ensemble
@@ -101,6 +103,7 @@ def ensemble_command(backbones: tuple[str, ...], **o: Any) -> None:
         if cfg.select:
             results.append(select_best(cfg))
         after_training(cfg.workdir, results)
+        job.save()
 
 
 def after_training(workdir: Path, results: list[Any]) -> None:

@@ -9,9 +9,10 @@ from typing import Any
 import click
 
 from ..config import RUN_VIEWS, PredictConfig
-from .common import (BATCHES_KEPT, backbones_option, force_option, handled, setting_option, settings, with_progress,
-                     workdir_option)
-from .features import extract_config, extract_options, print_extract
+from .common import (BATCHES_KEPT, backbones_option, force_option, handled, job_workdir_option, option_value,
+                     setting_option,
+                     settings, with_progress)
+from .features import extract_options, job_extraction, print_extract
 from .heads import after_training, ensemble_options, head_batch_option, head_common_options, head_config, probe_options
 from .predict import print_prediction
 
@@ -21,8 +22,9 @@ from .predict import print_prediction
               expose_value=False, callback=lambda ctx, param, value: _load_toml(ctx, value),
               help="TOML file of settings, keys named like the options (paths relative to the file); "
                    "options given here win.")
-@backbones_option("--backbones", "all (the book's three), or any backbones as for `extract --backbone`.")
-@workdir_option
+@backbones_option("--backbones", "all (the book's three), or any backbones as for `extract --backbone` "
+                                 "[default: the job's].")
+@job_workdir_option
 @extract_options(RUN_VIEWS)
 @head_common_options
 @probe_options
@@ -34,21 +36,25 @@ from .predict import print_prediction
 @handled(BATCHES_KEPT)
 def run_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Every stage in order: extract (with mirrored views), probes, ensemble and concat, best, predict."""
-    extract_cfg, head_cfg = extract_config(o, backbones), head_config(o)
+    head_cfg = head_config(o)
     predict_cfg = settings(PredictConfig, workdir=o["workdir"], kaggle_binary=o["kaggle_binary"], clip=o["clip"],
                            device=o["device"], force=o["force"])
+    extract_cfgs, job = job_extraction(o, backbones)
     from features import workdir_lock
 
     from ..run import run_pipeline
 
     with workdir_lock(o["workdir"]):  # through the summary and reports: no other writer in between
-        report = with_progress(lambda progress: run_pipeline(extract_cfg, head_cfg, predict_cfg, progress))
+        report = with_progress(lambda progress: run_pipeline(extract_cfgs, head_cfg, predict_cfg, progress))
         if not report.extract.main:  # under torchrun, rank 0 trains, predicts and speaks for all
             return
         print_extract(report.extract)
         after_training(head_cfg.workdir, report.heads)
+        job.save()
     if report.prediction is not None:
         print_prediction(report.predicted_with, predict_cfg.split, report.prediction)
+    if report.nothing_done:
+        click.echo(f"Nothing to do: every stage of the job in {head_cfg.workdir} is up to date.")
 
 
 PATH_SETTINGS = ("data", "workdir")
@@ -74,9 +80,5 @@ def _load_toml(ctx: click.Context, path: Path | None) -> None:
             raise click.BadParameter(f"{path}: unknown setting {key!r}; use the names of `cnnfeat run --help` options")
         if name in PATH_SETTINGS and isinstance(value, str):
             value = str(path.parent / value)
-        elif isinstance(value, list) and not getattr(known[name], "multiple", False):
-            value = ",".join(map(str, value))  # c-grid = [0.01, 1.0] as on the command line
-        elif isinstance(value, str) and getattr(known[name], "multiple", False):
-            value = [value]  # backbones = "resnet18,mobilenet_v3_small" as on the command line
-        defaults[name] = value
+        defaults[name] = option_value(known[name], value)
     ctx.default_map = {**(ctx.default_map or {}), **defaults}

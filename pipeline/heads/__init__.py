@@ -24,7 +24,7 @@ _EXPORTS = {
     "predict": ("class_probabilities",),
     "rows": ("Rows", "resolve_rows"),
     "select": ("select_best",),
-    "status": ("heads_dir", "saved_heads", "stale_heads", "staleness"),
+    "status": ("expected_heads", "heads_dir", "saved_heads", "stale_heads", "staleness"),
     "train": ("TrainResult", "train_concat", "train_ensemble", "train_linear_heads"),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)

@@ -186,8 +186,9 @@ def save_model(path: Path, model: Model, meta: Mapping[str, Any], extra: Mapping
 def saved_model(path: Path) -> Path:
     """path, where a trained model is; a HeadError saying how to train one otherwise."""
     if not path.exists():
-        raise HeadError(f"no trained model at {path}; train it first with `cnnfeat train-head`, "
-                        f"`cnnfeat ensemble` or `cnnfeat run`")
+        workdir = f"--workdir {path.parent.parent}"  # heads/<name>.pt
+        raise HeadError(f"no trained model at {path}; train it first with `cnnfeat train-head {workdir}`, "
+                        f"`cnnfeat ensemble {workdir}` or `cnnfeat run {workdir}`")
     return path
 
 

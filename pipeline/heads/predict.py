@@ -97,7 +97,7 @@ def class_probabilities(workdir: Path, model: str, split: str, device: str = DEF
     with FeatureCache(cache_path(workdir)) as cache:
         if tuple(meta["classes"]) != cache.classes:
             raise CacheError(f"model {model!r} was trained on classes {meta['classes']}, but {cache.path} holds "
-                             f"{list(cache.classes)}; retrain it: `cnnfeat run --force`")
+                             f"{list(cache.classes)}; retrain it: `cnnfeat run --force --workdir {workdir}`")
         check_fresh(cache, [split])
         check_feature_settings(model, meta["feature_settings"], cache, split)
         proba = cache_proba(loaded, cache, split, resolve_device(device)).numpy()

@@ -32,7 +32,7 @@ def select_best(cfg: HeadConfig) -> TrainResult:
         members = _selectable(cache, cfg, rows)
         if not members:
             raise HeadError(f"no up-to-date model to choose from in {heads_dir(cfg.workdir)}; "
-                            f"run `cnnfeat train-head` (or `cnnfeat run`) first")
+                            f"run `cnnfeat train-head --workdir {cfg.workdir}` (or `cnnfeat run --workdir {cfg.workdir}`) first")
         keys = {name: sidecar["inputs_key"] for name, (_, _, sidecar) in members.items()}
         inputs = key_inputs(cache, cfg, "selection", [], [])
         key = inputs_key(cache, inputs, keys)

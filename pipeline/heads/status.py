@@ -18,7 +18,7 @@ import numpy as np
 
 from features import BOOK, STAGING_SETTINGS, FeatureCache, dataset_name
 
-from .config import BEST, CONCAT, ENSEMBLE, HEAD_FORMAT, HeadConfig, default_memory_budget
+from .config import BEST, CONCAT, ENSEMBLE, FLIP_SUFFIX, HEAD_FORMAT, HFLIP, HeadConfig, default_memory_budget
 
 COMMON_SETTINGS = ("train_split", "val_split", "folds", "calibrate", "refit", "seed")
 KIND_SETTINGS = {"linear": (), "ensemble": ("dropout", "hidden"), "selection": ()}
@@ -119,9 +119,19 @@ def staleness(cache: FeatureCache, workdir: Path, name: str, changing: set[tuple
     return "" if current == data["inputs_key"] else "its features or the split files changed"
 
 
-def stale_heads(cache: FeatureCache, workdir: Path, changing: set[tuple[str, str]]) -> list[tuple[str, str]]:
+def expected_heads(backbones: list[str], views: Iterable[str], cfg: HeadConfig) -> list[str]:
+    """The heads `cnnfeat run` makes from these backbones' features: a probe each (and its +hflip twin where
+    the views are mirrored too), concat and ensemble of two or more, best."""
+    flip = [FLIP_SUFFIX] if cfg.flip and HFLIP in views else []
+    probes = [name + suffix for name in backbones for suffix in ("", *flip)]
+    combined = ([CONCAT + suffix for suffix in ("", *flip)] if cfg.concat else []) + [ENSEMBLE]
+    return probes + (combined if len(backbones) >= 2 else []) + ([BEST] if cfg.select else [])
+
+
+def stale_heads(cache: FeatureCache, workdir: Path, changing: set[tuple[str, str]],
+                expected: Iterable[str] = (*BOOK, CONCAT, ENSEMBLE, BEST)) -> list[tuple[str, str]]:
     """(model, why) for every head `cnnfeat run` would train again, `changing` being the (split, dataset)
-    features it will extract first."""
-    names = list(dict.fromkeys([*BOOK, CONCAT, ENSEMBLE, BEST, *saved_heads(workdir)]))
+    features it will extract first; `expected`: the heads the job makes (expected_heads), besides those saved."""
+    names = list(dict.fromkeys([*expected, *saved_heads(workdir)]))
     found = [(name, staleness(cache, workdir, name, changing)) for name in names]
     return [(name, why) for name, why in found if why]

@@ -17,7 +17,7 @@ from typing import Iterator, Mapping
 import numpy as np
 import torch
 
-from features import CacheError, ConfigError, FeatureCache
+from features import CacheError, ConfigError, FeatureCache, extract_hint
 
 from .config import default_memory_budget
 
@@ -48,7 +48,7 @@ class FeatureTable:
             if count != len(all_paths):
                 raise CacheError(
                     f"{cache.path}: {split}/{dataset} has {count} rows but {split}/paths has {len(all_paths)}; "
-                    f"the cache is inconsistent: run `cnnfeat extract --force`"
+                    f"the cache is inconsistent: run `{extract_hint(cache.path.parent, cache.data_root, force=True)}`"
                 )
         self.chunk_rows, self.mix = chunk_rows, mix
         row_bytes = sum(4 * int(np.prod(shape)) for shape in self.shapes.values())

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from features import (ALL_BACKBONES, BOOK, CacheError, ConfigError, FeatureCache, accuracy, cache_path,
+from features import (ALL_BACKBONES, BOOK, CacheError, ConfigError, FeatureCache, accuracy, cache_path, extract_hint,
                       class_prior, dataset_name, get_backbone, log_loss, plain_settings, resolve_device, split_names,
                       writes_workdir)
 
@@ -152,7 +152,7 @@ def _chosen(cache: FeatureCache, rows: Rows, backbones: list[str] | tuple[str, .
     if any(name.lower() == "all" for name in wanted):
         if not available:
             raise CacheError(f"no backbone has features for both {rows.train_split!r} and {rows.val_split!r} in "
-                             f"{cache.path}; run `cnnfeat extract` first")
+                             f"{cache.path}; run `{extract_hint(cache.path.parent, cache.data_root)}` first")
         return available
     names = _book_order(list(dict.fromkeys(n if n in available else get_backbone(n).name for n in wanted)))
     for name in names:
@@ -190,8 +190,16 @@ def _combined(cache: FeatureCache, rows: Rows, backbones: list[str] | tuple[str,
     names = _chosen(cache, rows, backbones)
     if len(names) < 2:
         raise CacheError(f"the {what} needs two or more backbones, the cache has {names or 'none'} for "
-                         f"{rows.train_split}/{rows.val_split}; run `cnnfeat extract --backbone all` first")
+                         f"{rows.train_split}/{rows.val_split}; extract another first: "
+                         f"`{extract_hint(cache.path.parent, cache.data_root, 'resnet18')}` "
+                         f"(or any backbone of `cnnfeat backbones`)")
     return tuple(names)
+
+
+def combined_name(kind: str, cache: FeatureCache, rows: Rows, names: tuple[str, ...]) -> str:
+    """`concat` or `ensemble` of every backbone the cache has; of fewer, `<kind>@<a>,<b>`: a model of another set
+    of backbones lives beside it instead of replacing it."""
+    return kind if set(names) == set(cached_backbones(cache, rows)) else f"{kind}@{','.join(names)}"
 
 
 @writes_workdir
@@ -201,7 +209,8 @@ def train_concat(cfg: HeadConfig, backbones: list[str] | tuple[str, ...] = ALL_B
         rows = resolve_rows(cache, cfg)
         names = _combined(cache, rows, backbones, "concatenation head")
         return [train_one(cache, cfg, cand, rows)
-                for cand in _with_flip(cache, cfg, rows, Candidate(CONCAT, "linear", names))]
+                for cand in _with_flip(cache, cfg, rows,
+                                       Candidate(combined_name(CONCAT, cache, rows, names), "linear", names))]
 
 
 @writes_workdir
@@ -210,4 +219,4 @@ def train_ensemble(cfg: HeadConfig, backbones: list[str] | tuple[str, ...] = ALL
     with open_cache(cfg) as cache:
         rows = resolve_rows(cache, cfg)
         names = _combined(cache, rows, backbones, "ensemble")
-        return train_one(cache, cfg, Candidate(ENSEMBLE, ENSEMBLE, names), rows)
+        return train_one(cache, cfg, Candidate(combined_name(ENSEMBLE, cache, rows, names), ENSEMBLE, names), rows)

@@ -61,8 +61,8 @@ def build_reports(cfg: ReportConfig | Path | str, progress: ProgressFn | None = 
     cfg = cfg if isinstance(cfg, ReportConfig) else ReportConfig(workdir=Path(cfg))
     names = trained_models(cfg.workdir)
     if not names:
-        raise MissingInputError(f"no trained model in {metrics_dir(cfg.workdir)}; run `cnnfeat train-head` or "
-                                f"`cnnfeat run` first")
+        raise MissingInputError(f"no trained model in {metrics_dir(cfg.workdir)}; run `cnnfeat train-head --workdir "
+                                f"{cfg.workdir}` or `cnnfeat run --workdir {cfg.workdir}` first")
     folder = reports_dir(cfg.workdir)
     folder.mkdir(parents=True, exist_ok=True)
     cache = _open_cache(cfg.workdir)
@@ -176,7 +176,7 @@ def _mistakes(cfg: ReportConfig, content: PageContent, valid: Probabilities) -> 
     if oof is None:
         content.notes["label-issues"] = content.notes["oof-losses"] = (
             f"{name} has no out-of-fold predictions on its training rows: folds need two or more training rows per "
-            f"class, and models trained by cnnfeat 0.2.0 or older did not save them (retrain: `cnnfeat run --force`)")
+            f"class, and models trained by cnnfeat 0.2.0 or older did not save them (retrain: `cnnfeat run --force --workdir {cfg.workdir}`)")
         (folder / LABEL_ISSUES).unlink(missing_ok=True)
         return
     content.links["oof csv"] = os.path.relpath(predictions_path(cfg.workdir, name, OUT_OF_FOLD), folder)
