@@ -103,17 +103,17 @@ def load_predictor(workdir: str | Path, model: str = BEST, device: str = DEFAULT
         raise ConfigError("--tta applies to finetuned-<backbone> models; for the heads, predict with a +hflip model")
     loaded, meta, _ = load_model(heads_dir(workdir) / f"{model}.pt")
     return Predictor(model, tuple(meta["classes"]), list(meta["class_prior"]), resolve_device(device), model=loaded,
-                     featurizer=ImageFeaturizer(recorded_features(model, loaded, meta), device,
+                     featurizer=ImageFeaturizer(recorded_features(workdir, model, loaded, meta), device,
                                                 checkpoints=finetuned.checkpoints(workdir), precision=precision))
 
 
-def recorded_features(name: str, model: Model, meta: dict[str, Any]) -> dict[str, dict]:
+def recorded_features(workdir: Path, name: str, model: Model, meta: dict[str, Any]) -> dict[str, dict]:
     """{dataset: its recorded settings} for every dataset the model reads, from what the model kept."""
     recorded = meta.get("feature_settings", {})
     missing = [d for d in model_datasets(model) if d not in recorded]
     if missing:
         raise HeadError(f"model {name!r} does not record how its features {', '.join(missing)} were made; "
-                        f"retrain it with this cnnfeat (`cnnfeat run --force`)")
+                        f"retrain it with this cnnfeat (`cnnfeat run --force --workdir {workdir}`)")
     return {d: recorded[d] for d in model_datasets(model)}
 
 
