@@ -22,7 +22,7 @@ _EXPORTS = {
                   "checkpoint_path", "default_image_size", "final_linear", "load_backbone",
                   "normalize", "preprocessing", "weights_enum"),
     "checkpoint": ("FINETUNED_FORMAT", "FinetunedCheckpoint", "file_sha256", "finetuned_path", "load_finetuned",
-                   "read_torch_file", "save_finetuned", "weights_tag"),
+                   "names_checkpoint", "read_torch_file", "save_finetuned", "weights_tag"),
     "config": ("ALL_BACKBONES", "COUNT", "DECODERS", "DEFAULT_DEVICE", "DEFAULT_SEED", "DEFAULT_TRAIN_SPLIT",
                "DEFAULT_VAL_SPLIT", "DEFAULT_WORKDIR", "DEVICES", "HFLIP", "IMAGE_SIZE", "MIN_IMAGE_SIZE", "NON_NEGATIVE",
                "NON_NEGATIVE_COUNT", "POOLS", "POSITIVE", "PRECISIONS", "SEED", "SHARE", "VIEWS", "Bounds", "ExtractConfig",

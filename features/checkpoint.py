@@ -80,9 +80,14 @@ def load_finetuned(path: Path, spec: "BackboneSpec | None" = None) -> dict[str, 
     return saved
 
 
+def names_checkpoint(weights: str) -> bool:
+    """Whether `--weights` is a path to a checkpoint file rather than imagenet, random or a weights name."""
+    return weights not in NAMED_WEIGHTS and (weights.endswith((".pt", ".pth")) or os.sep in weights)
+
+
 def finetuned_path(weights: str) -> Path | None:
     """The fine-tuned checkpoint file `--weights` names (a path), or None for imagenet, random or a weights name."""
-    if weights in NAMED_WEIGHTS or not (weights.endswith((".pt", ".pth")) or os.sep in weights):
+    if not names_checkpoint(weights):
         return None
     path = Path(weights)
     if not path.is_file():

@@ -89,9 +89,20 @@ def test_a_flag_changes_the_job_in_one_line_and_hints_paste_as_they_are(job_run)
     assert read_job(workdir).settings["max_iter"] == 200
     assert "job:" not in _ok("train-head", "--workdir", workdir)  # taken from the job now: nothing changes
 
+    job_file = workdir / "job.toml"  # a recorded clip is predict's too; it is not an option given to --images
+    job_file.write_text(job_file.read_text().replace("\ndata = ", "\nclip = 0.05\ndata = ", 1))
+    _ok("predict", "--workdir", workdir)
+    assert pd.read_csv(workdir / "submission.csv").iloc[:, 1:].to_numpy().min() >= 0.05 - 1e-9
+    _ok("predict", "--workdir", workdir, "--images", Path(read_job(workdir).settings["data"]) / "test")
+
     mirrored = _cli("predict", "--workdir", workdir, "--model", "resnet18+hflip")
     assert mirrored.exit_code != 0
     assert f"cnnfeat extract --views hflip --workdir {workdir}" in _hints(mirrored.output)
+    typo = job_file.read_text()
+    job_file.write_text(typo.replace("\nepochs = ", "\nepoch = ", 1))
+    refused = _cli("train-head", "--workdir", workdir)
+    assert refused.exit_code == 2 and "unknown setting 'epoch' (did you mean 'epochs'?)" in refused.output
+    job_file.write_text(typo)
     cache_path(workdir).unlink()
     missing = _cli("train-head", "--workdir", workdir)
     assert missing.exit_code != 0 and _hints(missing.output) == [f"cnnfeat extract --workdir {workdir}"]
@@ -114,18 +125,20 @@ def _finetuned_resnet18(path: Path) -> Path:
     return path
 
 
-def test_fine_tuned_and_random_features_of_one_backbone_live_side_by_side(digits_folder, tmp_path):
+def test_fine_tuned_and_random_features_of_one_backbone_live_side_by_side(digits_folder, tmp_path, monkeypatch):
     workdir = tmp_path / "work"
     _ok("extract", "--data", digits_folder, "--workdir", workdir, "--backbone", "resnet18", "--weights", "random",
         "--image-size", SIZE, "--workers", 0)
     checkpoint = _finetuned_resnet18(tmp_path / "resnet18.pt")
-    added = _ok("extract", "--workdir", workdir, "--backbone", "resnet18", "--weights", checkpoint)
+    monkeypatch.chdir(tmp_path)  # given relative, recorded absolute: the job finds it from any folder
+    added = _ok("extract", "--workdir", workdir, "--backbone", "resnet18", "--weights", "resnet18.pt")
     assert f"job: + resnet18 (weights {checkpoint})" in added and "replacing" not in added
     with FeatureCache(cache_path(workdir)) as cache:
         names = cache.backbones("train")
         tuned = next(n for n in names if n.startswith("resnet18@finetuned-"))
         assert names == sorted(["resnet18", tuned]) and cache.settings("train", "resnet18")["weights"].startswith("random")
     assert [g.weights for g in read_job(workdir).features] == ["random", str(checkpoint)]
+    monkeypatch.chdir(digits_folder)
     assert "Nothing to do" in _ok("extract", "--workdir", workdir)  # both groups of the job are up to date
     probes = _ok("train-head", "--workdir", workdir, "--c-grid", "0.1,1", "--folds", 2)
     assert "resnet18 " in probes and tuned in probes and "best" in probes  # best chooses among both

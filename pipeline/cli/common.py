@@ -16,8 +16,8 @@ from typing import Any, Callable, TypeVar
 import click
 
 from features import (ALL_BACKBONES, DEFAULT_DEVICE, DEFAULT_SEED, DEFAULT_WORKDIR, DEVICES, SEED, VIEWS, Bounds,
-                      CnnfeatError, ConfigError, FeatureGroup, Job, WorkdirBusyError, bounds_of, job_path, read_job,
-                      write_job)
+                      CnnfeatError, ConfigError, FeatureGroup, Job, WorkdirBusyError, bounds_of, did_you_mean, job_path,
+                      read_job, write_job)
 
 Settings = TypeVar("Settings")
 
@@ -219,9 +219,14 @@ def _read_job(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     except ConfigError as err:
         raise click.BadParameter(str(err), ctx=ctx, param=param) from None
     ctx.meta[JOB] = job
+    unknown = [key for key in (job.settings if job is not None else {}) if key not in JOB_SETTINGS]
+    if unknown:  # a hand-edited typo must not be ignored in silence
+        raise click.BadParameter(f"{job_path(workdir)}: unknown setting {unknown[0]!r}"
+                                 f"{did_you_mean(unknown[0], JOB_SETTINGS)}; job.toml takes {', '.join(JOB_SETTINGS)} "
+                                 f"and [[features]] tables", ctx=ctx, param=param)
     if job is not None:
         options = {p.name: p for p in ctx.command.params}
-        recorded = {k: option_value(options[k], v) for k, v in job.settings.items() if k in options and k in JOB_SETTINGS}
+        recorded = {k: option_value(options[k], v) for k, v in job.settings.items() if k in options}
         ctx.default_map = {**recorded, **(ctx.default_map or {})}
     return workdir
 
@@ -243,17 +248,9 @@ def option_value(param: click.Parameter, value: Any) -> Any:
 
 
 def given(name: str) -> bool:
-    """Whether the option was set on the command line or by --config, not left to its default or the job."""
-    source = click.get_current_context().get_parameter_source(name)
-    return source not in (click.core.ParameterSource.DEFAULT, None) and not _from_job(name)
-
-
-def _from_job(name: str) -> bool:
-    ctx = click.get_current_context()
-    job = ctx.meta.get(JOB)
-    return (job is not None and name in job.settings and
-            ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT_MAP and
-            _recorded(ctx.params.get(name)) == job.settings[name])
+    """Whether the option was set on the command line or by --config, not left to its default. Asked of the feature
+    groups' options (backbones, weights, image size), which the job keeps in its groups, never among the defaults."""
+    return click.get_current_context().get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
 
 
 def _recorded(value: Any) -> Any:

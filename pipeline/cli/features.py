@@ -10,7 +10,7 @@ from typing import Any, Callable
 import click
 
 from features import (DECODERS, DEFAULT_LABEL_PATTERN, POOLS, PRECISIONS, ConfigError, ExtractConfig, FeatureGroup,
-                      PrepareConfig, registry_names)
+                      PrepareConfig, finetuned_path, names_checkpoint, registry_names)
 
 from .common import (BATCHES_KEPT, EXIT_PROBLEM, JOB, NOTHING_HALF_WRITTEN, JobUpdate, backbones_option, device_option,
                      force_option, given, handled, job_update, job_workdir_option, options, read_workdir_option,
@@ -49,36 +49,44 @@ def extract_config(o: dict[str, Any], group: FeatureGroup) -> ExtractConfig:
     return settings(ExtractConfig, **{f.name: values[f.name] for f in fields(ExtractConfig) if f.name in values})
 
 
-def feature_groups(o: dict[str, Any], backbones: tuple[str, ...]) -> tuple[list[FeatureGroup], list[FeatureGroup], list[str]]:
+def feature_groups(o: dict[str, Any], backbones: tuple[str, ...],
+                   whole_job: bool) -> tuple[list[FeatureGroup], list[FeatureGroup], list[str]]:
     """(the groups this command extracts, the job's groups after it, what it changed in them).
 
-    Backbones named on the command line (or by --config) are extracted and added to the job, each at the
-    weights and size given, else at the ones the job has for it, else at the job's first group's. Without
-    them, the job's groups are extracted, with --weights and --image-size changing every group where given."""
+    Backbones named on the command line (or by --config) are added to the job, each at the weights and
+    size given, else at the ones the job has for it, else at those of the job's first group that is not a
+    checkpoint; `extract` then extracts those only, `run` (whole_job) the whole job. Without them, the
+    job's groups are extracted, with --weights and --image-size changing every group where given. A
+    checkpoint path is recorded absolute, as the data root is, so the job finds it from any folder."""
     job = click.get_current_context().meta.get(JOB)
+    weights = str(Path(o["weights"]).resolve()) if finetuned_path(o["weights"]) else o["weights"]
     if job is None or not job.features:
-        group = FeatureGroup(tuple(registry_names(backbones)), o["weights"], o["image_size"])
+        group = FeatureGroup(tuple(registry_names(backbones)), weights, o["image_size"])
         return [group], [group], []
     if given("backbones"):
         groups = []
+        # a backbone new to the job: the first group's weights, unless they are another architecture's checkpoint
+        stock = next((g for g in job.features if not names_checkpoint(g.weights)),
+                     FeatureGroup((), ExtractConfig.weights, None))
         for name in registry_names(backbones):
-            known = job.groups_for((name,)) or job.features
-            groups.append(FeatureGroup((name,), o["weights"] if given("weights") else known[0].weights,
+            known = job.groups_for((name,)) or [stock]
+            groups.append(FeatureGroup((name,), weights if given("weights") else known[0].weights,
                                        o["image_size"] if given("image_size") else known[0].image_size))
     else:
-        groups = [FeatureGroup(g.backbones, o["weights"] if given("weights") else g.weights,
+        groups = [FeatureGroup(g.backbones, weights if given("weights") else g.weights,
                                o["image_size"] if given("image_size") else g.image_size) for g in job.features]
     changes = []
     for group in groups:
         job, changed = job.with_group(group)
         changes += changed
-    extracted = groups if given("backbones") else job.features
+    extracted = groups if given("backbones") and not whole_job else job.features
     return extracted, job.features, changes
 
 
-def job_extraction(o: dict[str, Any], backbones: tuple[str, ...]) -> tuple[list[ExtractConfig], JobUpdate]:
+def job_extraction(o: dict[str, Any], backbones: tuple[str, ...],
+                   whole_job: bool = False) -> tuple[list[ExtractConfig], JobUpdate]:
     """The extraction settings of this command, per feature group, and the job it leaves the workdir with."""
-    extracted, recorded, changes = feature_groups(o, backbones)
+    extracted, recorded, changes = feature_groups(o, backbones, whole_job)
     configs = [extract_config(o, group) for group in extracted]
     return configs, job_update(o["workdir"], o, recorded, tuple(changes))
 

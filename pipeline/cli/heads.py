@@ -29,7 +29,7 @@ head_common_options = options(
                  help="A temperature per model fitted on its out-of-fold predictions."),
     click.option("--select/--no-select", default=HeadConfig.select,
                  help="Build `best`, chosen on out-of-fold predictions among every trained model."),
-    click.option("--refit", is_flag=True, default=HeadConfig.refit,
+    click.option("--refit/--no-refit", default=HeadConfig.refit,
                  help="Retrain each model's chosen configuration on train + validation rows for the submission."),
 )
 probe_options = options(

@@ -10,15 +10,15 @@ import click
 from features import CnnfeatError
 
 from ..config import EXPORT_FORMATS, ExportConfig, PredictConfig
-from .common import (NOTHING_HALF_WRITTEN, device_option, force_option, handled, setting_option, settings,
-                     usable_path, with_progress, workdir_option)
+from .common import (NOTHING_HALF_WRITTEN, device_option, force_option, handled, job_workdir_option, setting_option,
+                     settings, usable_path, with_progress, workdir_option)
 
 
 @click.command("predict")
 @click.option("--model", default=PredictConfig.model,
               help="best, ensemble, concat, a backbone name (its linear probe), any of those + '+hflip', or "
                    "finetuned-<backbone> (the network `cnnfeat finetune` trained).")
-@workdir_option
+@job_workdir_option
 @click.option("--split", default=PredictConfig.split, help="The split to predict.")
 @click.option("--images", type=click.Path(exists=True, path_type=Path), multiple=True,
               help="Predict these instead of a split: image files, folders (recursively) or text files listing paths; "
@@ -26,7 +26,7 @@ from .common import (NOTHING_HALF_WRITTEN, device_option, force_option, handled,
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               callback=usable_path("--output"),
               help="[default: <workdir>/submission.csv; with --images, <workdir>/predictions.csv]")
-@click.option("--kaggle-binary", is_flag=True, help="Write id,label with label = probability of the second class.")
+@click.option("--kaggle-binary/--no-kaggle-binary", default=PredictConfig.kaggle_binary, help="Write id,label with label = probability of the second class.")
 @setting_option("--clip", PredictConfig, help="Keep every probability in [clip, 1-clip], rows summing to 1; at most 1/classes.")
 @click.option("--tta", is_flag=True, help="finetuned-<backbone>: average each image's and its mirror's probabilities.")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -41,8 +41,9 @@ def predict_command(ctx: click.Context, model: str, more_images: tuple[Path, ...
     if more_images and len(o["images"]) == len(more_images):
         raise click.UsageError("image paths come after --images (`--images a.jpg b.jpg`)")
     if o["images"]:
+        told = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)  # not the job's
         given = [f"--{name.replace('_', '-')}" for name in ("split", "kaggle_binary", "clip", "data", "force")
-                 if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+                 if ctx.get_parameter_source(name) in told]
         if given:
             raise click.UsageError(f"{', '.join(given)} apply to a split's submission, not to --images")
     _predict(model, **o)

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from features import names_checkpoint
+
 from ..config import RUN_VIEWS, PredictConfig
 from .common import (BATCHES_KEPT, backbones_option, force_option, handled, job_workdir_option, option_value,
                      setting_option,
@@ -30,7 +32,7 @@ from .predict import print_prediction
 @probe_options
 @ensemble_options
 @head_batch_option()
-@click.option("--kaggle-binary", is_flag=True, help="Predict as id,label (two classes).")
+@click.option("--kaggle-binary/--no-kaggle-binary", default=PredictConfig.kaggle_binary, help="Predict as id,label (two classes).")
 @setting_option("--clip", PredictConfig, help="Keep every probability in [clip, 1-clip], rows summing to 1; at most 1/classes.")
 @force_option
 @handled(BATCHES_KEPT)
@@ -39,7 +41,7 @@ def run_command(backbones: tuple[str, ...], **o: Any) -> None:
     head_cfg = head_config(o)
     predict_cfg = settings(PredictConfig, workdir=o["workdir"], kaggle_binary=o["kaggle_binary"], clip=o["clip"],
                            device=o["device"], force=o["force"])
-    extract_cfgs, job = job_extraction(o, backbones)
+    extract_cfgs, job = job_extraction(o, backbones, whole_job=True)  # --backbones adds to the job; run runs all of it
     from features import workdir_lock
 
     from ..run import run_pipeline
@@ -78,7 +80,7 @@ def _load_toml(ctx: click.Context, path: Path | None) -> None:
         name = aliases.get(key.replace("-", "_"), key.replace("-", "_"))
         if name not in known or name == "config":
             raise click.BadParameter(f"{path}: unknown setting {key!r}; use the names of `cnnfeat run --help` options")
-        if name in PATH_SETTINGS and isinstance(value, str):
+        if isinstance(value, str) and (name in PATH_SETTINGS or (name == "weights" and names_checkpoint(value))):
             value = str(path.parent / value)
         defaults[name] = option_value(known[name], value)
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
