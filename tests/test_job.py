@@ -129,6 +129,9 @@ def test_fine_tuned_and_random_features_of_one_backbone_live_side_by_side(digits
     workdir = tmp_path / "work"
     _ok("extract", "--data", digits_folder, "--workdir", workdir, "--backbone", "resnet18", "--weights", "random",
         "--image-size", SIZE, "--workers", 0)
+    single = _cli("ensemble", "--workdir", workdir)  # the hint names a backbone the job lacks, so pasted it adds one
+    assert single.exit_code == 1, single.output
+    assert _hints(single.output)[0] == f"cnnfeat extract --backbone mobilenet_v3_small --workdir {workdir}"
     checkpoint = _finetuned_resnet18(tmp_path / "resnet18.pt")
     monkeypatch.chdir(tmp_path)  # given relative, recorded absolute: the job finds it from any folder
     added = _ok("extract", "--workdir", workdir, "--backbone", "resnet18", "--weights", "resnet18.pt")

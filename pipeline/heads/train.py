@@ -189,9 +189,10 @@ def train_linear_heads(cfg: HeadConfig, backbones: list[str] | tuple[str, ...] =
 def _combined(cache: FeatureCache, rows: Rows, backbones: list[str] | tuple[str, ...], what: str) -> tuple[str, ...]:
     names = _chosen(cache, rows, backbones)
     if len(names) < 2:
+        another = next(b for b in ("resnet18", "mobilenet_v3_small") if b not in names)  # a hint that adds one
         raise CacheError(f"the {what} needs two or more backbones, the cache has {names or 'none'} for "
                          f"{rows.train_split}/{rows.val_split}; extract another first: "
-                         f"`{extract_hint(cache.path.parent, cache.data_root, 'resnet18')}` "
+                         f"`{extract_hint(cache.path.parent, cache.data_root, another)}` "
                          f"(or any backbone of `cnnfeat backbones`)")
     return tuple(names)
 
