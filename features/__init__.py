@@ -21,8 +21,8 @@ _EXPORTS = {
     "backbones": ("CatalogEntry", "FrozenBackbone", "Preprocessing", "build_model", "catalog",
                   "checkpoint_path", "default_image_size", "final_linear", "load_backbone",
                   "normalize", "preprocessing", "weights_enum"),
-    "checkpoint": ("FINETUNED_FORMAT", "FinetunedCheckpoint", "file_sha256", "finetuned_path", "load_finetuned",
-                   "names_checkpoint", "read_torch_file", "save_finetuned", "weights_tag"),
+    "checkpoint": ("FINETUNED_FORMAT", "FinetunedCheckpoint", "feature_name", "file_sha256", "finetuned_path",
+                   "load_finetuned", "names_checkpoint", "read_torch_file", "save_finetuned", "weights_tag"),
     "config": ("ALL_BACKBONES", "COUNT", "DECODERS", "DEFAULT_DEVICE", "DEFAULT_SEED", "DEFAULT_TRAIN_SPLIT",
                "DEFAULT_VAL_SPLIT", "DEFAULT_WORKDIR", "DEVICES", "HFLIP", "IMAGE_SIZE", "MIN_IMAGE_SIZE", "NON_NEGATIVE",
                "NON_NEGATIVE_COUNT", "POOLS", "POSITIVE", "PRECISIONS", "SEED", "SHARE", "VIEWS", "Bounds", "ExtractConfig",
@@ -44,7 +44,7 @@ _EXPORTS = {
     "registry": ("BOOK", "BackboneSpec", "get_backbone", "registry_names", "resolve_backbones", "split_names"),
     "files": ("atomic_output", "lock_holder", "workdir_lock", "writes_workdir"),
     "staging": ("ORIGIN_SETTINGS", "STAGING_SETTINGS", "VALUE_SETTINGS", "staged_rows"),
-    "store": ("FeatureCache", "cache_path", "dataset_name", "feature_name"),
+    "store": ("FeatureCache", "cache_path", "dataset_name"),
     "job": ("JOB_NAME", "FeatureGroup", "Job", "extract_hint", "job_path", "read_job", "write_job"),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)

@@ -105,8 +105,14 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
+def feature_name(backbone: str, tag: str = "") -> str:
+    """A backbone's features at its stock weights are <backbone>; at other weights <backbone>@<tag>
+    (weights_tag: resnet18@finetuned-3f2a1b2c), so both live side by side."""
+    return f"{backbone}@{tag}" if tag else backbone
+
+
 def weights_tag(weights: str) -> str:
-    """What a backbone's features are named by besides the backbone (store.feature_name): '' for imagenet and for
+    """What a backbone's features are named by besides the backbone (feature_name): '' for imagenet and for
     random (which stands in for imagenet in smoke runs), finetuned-<first 8 hex of the file's SHA-256> for a
     fine-tuned checkpoint, else the weights name in lower case (imagenet1k-v2). Features of other weights
     then never take each other's place."""

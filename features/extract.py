@@ -35,7 +35,7 @@ from .backbones import (FrozenBackbone, default_image_size, load_backbone, norma
 from .config import HFLIP, ExtractConfig, ProgressFn
 from .devices import default_workers, resolve_device
 from .distributed import torchrun_ranks
-from .checkpoint import weights_tag
+from .checkpoint import feature_name, weights_tag
 from .errors import CacheError, ConfigError, WeightsUnavailableError
 from .folder import DataFolder, Split, scan_data_folder, scan_prepared_folder
 from .images import (DecodedBatch, DecodeStream, ImageFiles, ImageSource, collate_decoded, decode_on_device,
@@ -43,7 +43,7 @@ from .images import (DecodedBatch, DecodeStream, ImageFiles, ImageSource, collat
 from .registry import BackboneSpec, get_backbone, resolve_backbones
 from .files import workdir_lock
 from .staging import STAGING_SETTINGS, VALUE_SETTINGS, Staging
-from .store import FeatureCache, SplitContent, cache_path, commit_cache, dataset_name, feature_name, is_up_to_date
+from .store import FeatureCache, SplitContent, cache_path, commit_cache, dataset_name, is_up_to_date
 
 log = logging.getLogger(__name__)
 

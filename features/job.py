@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import weights_tag
+from .checkpoint import feature_name, weights_tag
 from .config import ExtractConfig
 from .errors import CnnfeatError, ConfigError
 from .files import atomic_output
@@ -55,7 +55,7 @@ class Job:
     def with_group(self, group: FeatureGroup) -> tuple["Job", list[str]]:
         """The job with these backbones at these weights and size, and what that changed.
 
-        A backbone's features are named by its weights (store.feature_name), so a backbone at weights of
+        A backbone's features are named by its weights (checkpoint.feature_name), so a backbone at weights of
         another name is added beside the one there; at weights of the same name (imagenet and random share
         the plain name) it replaces it."""
         entries = [(b, g.weights, g.image_size) for g in self.features for b in g.backbones]
@@ -73,14 +73,14 @@ class Job:
         return replace(self, features=_grouped(entries)), changes
 
     def feature_names(self) -> list[str]:
-        """The plain-view feature names the job extracts (store.feature_name), without loading torch."""
+        """The plain-view feature names the job extracts (checkpoint.feature_name), without loading torch."""
         names = []
         for group in self.features:
             try:
                 tag = weights_tag(group.weights)
             except CnnfeatError:  # a checkpoint since moved: its features cannot be named, nor made
                 continue
-            names += [f"{name}@{tag}" if tag else name for name in registry_names(group.backbones)]
+            names += [feature_name(name, tag) for name in registry_names(group.backbones)]
         return list(dict.fromkeys(names))
 
     def groups_for(self, backbones: tuple[str, ...]) -> list[FeatureGroup]:

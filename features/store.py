@@ -10,7 +10,7 @@ Layout of `<workdir>/features.h5` (public; see README):
     /<split>/skipped       (K,) UTF-8 paths that could not be decoded; /<split>/skipped_reasons and
                            /<split>/skipped_identity (K, 2) beside it
     /<split>/<backbone>    (N, D) float32 (N, C, H, W with pool "none"); attrs: backbone, weights, pool, ...
-/<split>/<backbone>@<tag>  the same at weights other than the stock ones (feature_name: resnet18@finetuned-3f2a1b2c)
+/<split>/<backbone>@<tag>  the same at weights other than the stock ones (checkpoint.feature_name: resnet18@finetuned-3f2a1b2c)
 /<split>/<name>_hflip      the same for the images mirrored left-right (extract --views hflip); attrs: view="hflip"
 
 Format 1 (cnnfeat 0.2) lacks the identities: it is read as it is, and its rows are recomputed once a
@@ -50,12 +50,6 @@ _STR = h5py.string_dtype("utf-8")
 
 def cache_path(workdir: str | Path) -> Path:
     return Path(workdir) / CACHE_NAME
-
-
-def feature_name(backbone: str, tag: str = "") -> str:
-    """A backbone's features at its stock weights are <backbone>; at other weights <backbone>@<tag>
-    (checkpoint.weights_tag: resnet18@finetuned-3f2a1b2c), so both live side by side."""
-    return f"{backbone}@{tag}" if tag else backbone
 
 
 def dataset_name(backbone: str, view: str = "") -> str:
