@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
+from torch.overrides import TorchFunctionMode
 
 from .checkpoint import file_sha256, finetuned_path, load_finetuned, read_torch_file
 from .config import POOLS
@@ -271,6 +272,21 @@ class _CallTracer(torch.fx.Tracer):
         return output
 
 
+class _AllocateOnMeta(TorchFunctionMode):
+    """torch.device("meta") for the functions that allocate layers' parameters and buffers only (torch.empty,
+    zeros, ones, full): a builder that computes with tensors, as RegNet's does its widths (then `.tolist()`),
+    gets real ones for that, and its layers take no memory and no initialisation. Computed buffers (Swin's
+    relative position index) come out real and small; the state loaded with assign=True replaces them."""
+
+    ALLOCATORS = frozenset({torch.empty, torch.empty_strided, torch.zeros, torch.ones, torch.full})
+
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in self.ALLOCATORS and kwargs.get("device") is None:
+            kwargs = {**kwargs, "device": "meta"}
+        return func(*args, **kwargs)
+
+
 class TorchvisionSource:
     """torchvision.models: weights enums, the hub cache, the forward cut with torch.fx."""
 
@@ -304,10 +320,9 @@ class TorchvisionSource:
 
     @staticmethod
     def architecture(spec: BackboneSpec, kwargs: dict[str, Any], *, empty: bool) -> nn.Module:
-        """torchvision's builder without weights. empty: on the meta device where the registry allows it (no
-        memory, no initialisation), for a state to fill."""
-        with torch.device("meta") if empty and spec.meta_build else contextlib.nullcontext(), \
-                warnings.catch_warnings():
+        """torchvision's builder without weights. empty: its parameters and buffers allocated on the meta device
+        (no memory, no initialisation), for a state to fill."""
+        with _AllocateOnMeta() if empty else contextlib.nullcontext(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torchvision's notes on future default inits
             return torchvision.models.get_model(spec.builder, weights=None, **kwargs)
 
@@ -493,8 +508,7 @@ class CatalogEntry:
 def catalog() -> tuple[CatalogEntry, ...]:
     """The book's three, then every other torchvision classification model, with what matters for choosing.
 
-    Models are built empty, on the meta device where the registry allows (about 0.15 s each; RegNets,
-    built on the CPU, up to seconds): once per process.
+    Models are built empty, their allocations on the meta device (about 0.1 s each): once per process.
     """
     names = [*BOOK, *(name for name in torchvision_models() if name not in {spec.builder for spec in BOOK.values()})]
     entries = []

@@ -50,8 +50,6 @@ class BackboneSpec:
     # last); (): the model's top-level children, its Sequential containers opened one level
     weights_kwargs: Mapping[str, Any] = field(default_factory=dict)  # what torchvision's builder sets from
     # a weights enum besides num_classes (constants, or FromMeta): pretrained and random builds alike
-    meta_build: bool = True  # built empty on the meta device before its weights load; False: its builder
-    # computes with tensors (RegNet's widths), which have no data there, so it is built on the CPU
 
     @property
     def builder(self) -> str:
@@ -76,8 +74,6 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "googlenet": {"weights_kwargs": _AUX_CLASSIFIERS},
     "vit_": {"weights_kwargs": {"image_size": FromMeta("min_size", 0)}},
     "maxvit_": {"weights_kwargs": {"input_size": FromMeta("min_size")}},
-    # the builder computes its widths with tensors, which have no data on the meta device
-    "regnet_": {"meta_build": False},
 }
 
 

@@ -138,13 +138,14 @@ def test_weights_by_name_and_unknown_names(zoo):
         build_model(spec, "IMAGENET1K_V9")
 
 
-def test_models_are_built_without_an_initialisation_the_checkpoint_overwrites(zoo, monkeypatch):
+@pytest.mark.parametrize("name", ["resnet34", "regnet_y_400mf"])  # RegNet's builder computes its widths with tensors
+def test_models_are_built_without_an_initialisation_the_checkpoint_overwrites(name, zoo, monkeypatch):
     calls = []
     original = torch.nn.init.kaiming_uniform_
     # under torch.device("meta") torch's function mode calls it with the tensor as a keyword
     monkeypatch.setattr(torch.nn.init, "kaiming_uniform_",
                         lambda tensor, *a, **k: (calls.append(tensor.is_meta), original(tensor, *a, **k))[1])
-    model = build_model(get_backbone("resnet34"), "imagenet")
+    model = build_model(get_backbone(name), "imagenet")
     assert calls and all(calls)  # every initialisation ran on the meta device: no work, no memory
     assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
 

@@ -31,13 +31,13 @@ sys.meta_path.insert(0, NoCnnfeat())
 import numpy as np, torch
 model_file, images_file = sys.argv[1:]
 extra = {"cnnfeat.json": ""}
-program = torch.export.load(model_file, extra_files=extra)
+model = torch.export.load(model_file, extra_files=extra).module()  # once, as README shows: each call rebuilds it
 images = np.load(images_file)
-proba = [program.module()(torch.from_numpy(images[name])[None])[0] for name in images.files]  # each at its own size
+proba = [model(torch.from_numpy(images[name])[None])[0] for name in images.files]  # each at its own size
 assert not any(p.requires_grad for p in proba)
 batch = torch.stack([torch.from_numpy(images[name]) for name in images.files if images[name].shape[1:] == (80, 80)])
 same = [p for name, p in zip(images.files, proba) if images[name].shape[1:] == (80, 80)]
-assert torch.allclose(program.module()(batch), torch.stack(same), atol=1e-6)  # a batch gives the same rows
+assert torch.allclose(model(batch), torch.stack(same), atol=1e-6)  # a batch gives the same rows
 proba = [p.tolist() for p in proba]
 print(json.dumps({"meta": json.loads(extra["cnnfeat.json"]), "proba": dict(zip(images.files, proba))}))
 """

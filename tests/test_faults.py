@@ -45,7 +45,7 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_features(referenc
     workdir = tmp_path / "work"
     rng = random.Random(0)
     staged = lambda: len(list(workdir.glob(".staging/*/*/*.npz")))  # noqa: E731
-    for _ in range(3):
+    for _ in range(2):  # the second kill lands in a run that resumed from the first one's staged batches
         process = subprocess.Popen(_extract_command(digits_folder, workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         target = staged() + rng.randint(1, 6)  # a few more batches, then a random extra moment
         deadline = time.monotonic() + 120

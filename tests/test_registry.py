@@ -37,7 +37,6 @@ def test_what_a_family_needs_is_found_by_its_builder_name():
     assert get_backbone("vit_h_14").builder_kwargs({"min_size": (518, 518)}) == {"image_size": 518}
     assert get_backbone("maxvit_t").builder_kwargs({"min_size": (224, 224)}) == {"input_size": (224, 224)}
     assert get_backbone("resnet50").builder_kwargs({"min_size": (1, 1)}) == {}
-    assert not get_backbone("regnet_y_400mf").meta_build and get_backbone("resnet50").meta_build
     assert get_backbone("timm:vit_tiny_patch16_224").weights_kwargs == {}  # timm's names are not torchvision's
 
 

@@ -46,8 +46,10 @@ def training_curves(workdir: Path, names: list[str]) -> "Figure":
     """One row per model: loss and accuracy per epoch (or per C of a probe's sweep) on the rows that chose it."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10, 2.6 * max(1, len(names))), layout="constrained")
-    axes = figure.subplots(max(1, len(names)), 2, squeeze=False)
+    rows = max(1, len(names))
+    figure = Figure()
+    axes = figure.subplots(rows, 2, squeeze=False)
+    _fixed_margins(figure, rows, max((len(f"{name}: accuracy") for name in names), default=0))
     for row, name in zip(axes, names):
         path = metrics_dir(workdir) / f"{name}-history.csv"
         history = list(csv.DictReader(path.read_text().splitlines())) if path.exists() else []
@@ -69,6 +71,25 @@ def training_curves(workdir: Path, names: list[str]) -> "Figure":
                    xscale="log" if by_c else "linear")
             ax.legend(fontsize="small")
     return figure
+
+
+CURVES_WIDTH, CURVES_ROW = 10.0, 2.6  # inches: the figure's width (at least), and its height per model
+# inches around the curves' axes: a title above each, tick labels and the x label below, y tick labels left
+TOP, BOTTOM, LEFT, RIGHT, ROW_GAP, COLUMN_GAP = 0.35, 0.55, 0.6, 0.15, 0.85, 0.7
+TITLE_CHARACTER = 0.1  # inches per character of a title at matplotlib's default 12 pt, a little generously
+
+
+def _fixed_margins(figure: "Figure", rows: int, title_length: int) -> None:
+    """The spaces constrained layout would find for these fixed-size labels, set once: it took longer than
+    drawing the figure (a second for six models), on every report build. The figure widens for titles longer
+    than its axes (timm's names)."""
+    width = max(CURVES_WIDTH, LEFT + RIGHT + COLUMN_GAP + 2 * TITLE_CHARACTER * title_length)
+    height = CURVES_ROW * rows
+    figure.set_size_inches(width, height)
+    axes_height = (height - TOP - BOTTOM - (rows - 1) * ROW_GAP) / rows
+    axes_width = (width - LEFT - RIGHT - COLUMN_GAP) / 2
+    figure.subplots_adjust(left=LEFT / width, right=1 - RIGHT / width, top=1 - TOP / height,
+                           bottom=BOTTOM / height, hspace=ROW_GAP / axes_height, wspace=COLUMN_GAP / axes_width)
 
 
 def save_figure(figure: "Figure", path: Path) -> None:
