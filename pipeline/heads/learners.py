@@ -77,7 +77,7 @@ class ProbeLearner(Learner):
         return head
 
 
-def _design(head: FeatureHead, table: FeatureTable, device: torch.device, block_rows: int = 8192) -> torch.Tensor:
+def _design(head: FeatureHead, table: FeatureTable, device: torch.device, block_rows: int = 2048) -> torch.Tensor:
     """head.design of every row, standardised a block of rows at a time into one tensor: standardising all
     rows at once held each backbone's standardised copy beside the concatenation, the stage's peak memory."""
     design = torch.empty(len(table), head.fc.in_features, device=device)
