@@ -43,7 +43,7 @@ ensemble_options = options(
     setting_option("--epochs", HeadConfig, help="At most; early stopping usually ends sooner."),
     setting_option("--lr", HeadConfig, help="Adam's learning rate."),
     setting_option("--weight-decay", HeadConfig),
-    setting_option("--patience", HeadConfig, help="Epochs without a better validation loss before stopping."),
+    setting_option("--patience", HeadConfig, help="Epochs without a better loss on a fold of the training rows before stopping."),
     setting_option("--dropout", HeadConfig),
     setting_option("--hidden", HeadConfig, help="The ensemble's shared hidden size."),
     click.option("--concat/--no-concat", default=HeadConfig.concat,

@@ -56,8 +56,7 @@ class ProbeLearner(Learner):
 
     def _designs(self, head: FeatureHead, tables: list[FeatureTable]) -> list[torch.Tensor]:
         """Standardised features, in float64 unless too big."""
-        with torch.no_grad():  # not inference_mode: L-BFGS differentiates through these when they stay float32
-            designs = [head.design({k: v.to(self.device) for k, v in t.in_memory.items()}) for t in tables]
+        designs = [_design(head, table, self.device) for table in tables]
         return [x.to(probe_dtype(designs)) for x in designs]
 
     def fit(self, folds: np.ndarray, n_folds: int) -> Fit:
@@ -76,6 +75,17 @@ class ProbeLearner(Learner):
                                     (self.probe.weight, self.probe.bias), self.cfg.max_iter)
         _set_linear(head, weight, bias)
         return head
+
+
+def _design(head: FeatureHead, table: FeatureTable, device: torch.device, block_rows: int = 2048) -> torch.Tensor:
+    """head.design of every row, standardised a block of rows at a time into one tensor: standardising all
+    rows at once held each backbone's standardised copy beside the concatenation, the stage's peak memory."""
+    design = torch.empty(len(table), head.fc.in_features, device=device)
+    with torch.no_grad():  # not inference_mode: L-BFGS differentiates through these when they stay float32
+        for start, (inputs, _) in zip(range(0, len(table), block_rows), table.batches(block_rows)):
+            block = head.design({name: x.to(device) for name, x in inputs.items()})
+            design[start:start + len(block)] = block
+    return design
 
 
 def _set_linear(head: FeatureHead, weight: torch.Tensor, bias: torch.Tensor) -> None:

@@ -26,7 +26,10 @@ from features import accuracy, log_loss
 from .blend import view_proba
 from .config import UNTUNED_C
 
-FLOAT64_LIMIT = 1 << 26  # feature values up to which probes compute in float64 (512 MiB); float32 beyond
+# feature values up to which probes compute in float64 (128 MiB), float32 beyond: past a few million values the
+# float64 design's copy and its doubled memory traffic cost more than its digits (25,000 x 2048: 410 MiB, and
+# the slowest fit of the stage) while float32 L-BFGS reaches the same accuracy
+FLOAT64_LIMIT = 1 << 24
 
 
 @dataclass
@@ -53,34 +56,47 @@ def fit_logistic(views: list[torch.Tensor], labels: torch.Tensor, n_classes: int
     of P times the width costs little more than one when it is memory that limits. Then weight is
     (P, K, D) and bias (P, K).
     """
-    x = torch.cat(views) if len(views) > 1 else views[0]
-    y = labels.repeat(len(views)).to(x.device)
+    x0 = views[0]
     batched = masks is not None
-    rows = (masks if batched else torch.ones(1, len(labels), dtype=torch.bool)).to(x.device).repeat(1, len(views)).T
+    rows = (masks if batched else torch.ones(1, len(labels), dtype=torch.bool)).to(x0.device).T.to(x0.dtype)  # (N, P)
     problems = rows.shape[1]
-    counts = rows.sum(0).to(x.dtype)  # (P,) training rows of each problem
-    weight = torch.zeros(problems, n_classes, x.shape[1], dtype=x.dtype, device=x.device)
-    bias = torch.zeros(problems, n_classes, dtype=x.dtype, device=x.device)
+    counts = rows.sum(0) * len(views)  # (P,) training rows of each problem; every view of an image is a row
+    share = rows / counts  # (N, P): each row's weight in its problems' mean
+    y = labels.to(x0.device)
+    weight = torch.zeros(problems, n_classes, x0.shape[1], dtype=x0.dtype, device=x0.device)
+    bias = torch.zeros(problems, n_classes, dtype=x0.dtype, device=x0.device)
     if init is not None:
         weight.copy_(init[0].expand_as(weight))
         bias.copy_(init[1].expand_as(bias))
-    weight.requires_grad_(True)
-    bias.requires_grad_(True)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=20,
                                   tolerance_grad=1e-5, tolerance_change=1e-9, line_search_fn="strong_wolfe")
 
+    @torch.no_grad()
     def objective() -> torch.Tensor:
-        optimizer.zero_grad()
-        logits = (x @ weight.reshape(-1, x.shape[1]).T).view(len(x), problems, n_classes) + bias  # (R, P, K)
-        losses = torch.logsumexp(logits, 2) - logits.gather(2, y.view(-1, 1, 1).expand(-1, problems, 1)).squeeze(2)
-        loss = ((losses * rows).sum(0) / counts).sum() + (weight.pow(2).sum((1, 2)) / (2 * c * counts)).sum()
-        loss.backward()
+        """The loss, its gradient written by hand a block of rows at a time: autograd over every row at
+        once kept several (rows, problems, classes) tensors alive, most of the memory at a million rows."""
+        loss = (weight.pow(2).sum((1, 2)) / (2 * c * counts)).sum()
+        weight.grad = weight / (c * counts).view(-1, 1, 1)
+        bias.grad = torch.zeros_like(bias)
+        for x in views:
+            for block in _blocks(len(x)):
+                logits = (x[block] @ weight.view(-1, x.shape[1]).T).view(-1, problems, n_classes) + bias
+                label = y[block].view(-1, 1, 1).expand(-1, problems, 1)
+                log_proba = logits - torch.logsumexp(logits, 2, keepdim=True)
+                loss -= (log_proba.gather(2, label).squeeze(2) * share[block]).sum()
+                residual = log_proba.exp_().scatter_add_(2, label, torch.full_like(log_proba[..., :1], -1.0))
+                residual *= share[block].unsqueeze(2)  # d loss / d logits: (softmax - one-hot) x the row's share
+                weight.grad += (residual.view(len(residual), -1).T @ x[block]).view_as(weight)
+                bias.grad += residual.sum(0)
         return loss
 
-    with torch.enable_grad():
-        optimizer.step(objective)
-    weight, bias = weight.detach(), bias.detach()
+    optimizer.step(objective)
     return (weight, bias) if batched else (weight[0], bias[0])
+
+
+def _blocks(n_rows: int, block_rows: int = 65536) -> list[slice]:
+    """Row blocks that bound the (rows, problems, classes) intermediates; large enough for full-speed products."""
+    return [slice(start, start + block_rows) for start in range(0, n_rows, block_rows)]
 
 
 def logits_of(views: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor) -> list[torch.Tensor]:
@@ -92,8 +108,11 @@ def fold_logits(views: list[torch.Tensor], weight: torch.Tensor, bias: torch.Ten
     problems, n_classes = bias.shape
     oof = []
     for x in views:
-        every = (x @ weight.reshape(-1, x.shape[1]).T).view(len(x), problems, n_classes) + bias  # (N, P, K)
-        oof.append(every.gather(1, folds.view(-1, 1, 1).expand(-1, 1, n_classes)).squeeze(1).double().cpu())
+        view_oof = torch.empty(len(x), n_classes, dtype=torch.float64)
+        for block in _blocks(len(x)):
+            every = (x[block] @ weight.view(-1, x.shape[1]).T).view(-1, problems, n_classes) + bias  # (B, P, K)
+            view_oof[block] = every.gather(1, folds[block].view(-1, 1, 1).expand(-1, 1, n_classes)).squeeze(1).double().cpu()
+        oof.append(view_oof)
     return oof
 
 
