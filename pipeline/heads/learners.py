@@ -81,7 +81,7 @@ def _design(head: FeatureHead, table: FeatureTable, device: torch.device, block_
     """head.design of every row, standardised a block of rows at a time into one tensor: standardising all
     rows at once held each backbone's standardised copy beside the concatenation, the stage's peak memory."""
     design = torch.empty(len(table), head.fc.in_features, device=device)
-    with torch.no_grad():  # not inference_mode: L-BFGS differentiates through these when they stay float32
+    with torch.no_grad():  # data for the solver, whose gradient is written by hand: no graph to keep
         for start, (inputs, _) in zip(range(0, len(table), block_rows), table.batches(block_rows)):
             block = head.design({name: x.to(device) for name, x in inputs.items()})
             design[start:start + len(block)] = block
