@@ -47,24 +47,6 @@ def test_extract_then_info_then_nothing_to_do(digits_folder, tmp_path):
     assert "train inception: not trained yet" in info.output and "resnet34" not in info.output
 
 
-def test_info_tells_what_the_next_run_would_redo(digits_copy, tmp_path):
-    workdir = tmp_path / "work"
-    done = _run("run", "--data", str(digits_copy), "--workdir", str(workdir), *SMOKE, *QUICK_HEADS, "--views", "none")
-    assert done.exit_code == 0, done.output
-    assert "do nothing: everything is up to date" in _run("info", "--workdir", str(workdir)).output
-    shutil.copy(next((digits_copy / "train" / "0").iterdir()), digits_copy / "train" / "0" / "new.jpg")
-    (workdir / "heads" / "inception.pt").unlink()
-    (workdir / "heads" / "resnet34.pt").write_bytes(b"garbage")  # a damaged head is something to retrain, not a crash
-    info = _run("info", "--workdir", str(workdir))
-    assert info.exit_code == 0, info.output
-    for name in ("resnet34", "inception", "densenet121"):
-        assert f"extract train/{name}: files added, removed or changed" in info.output
-        assert f"extract valid/{name}" not in info.output
-    assert "train inception: not trained yet" in info.output
-    assert "train resnet34: its file is damaged or unreadable" in info.output
-    assert "train densenet121: its features will be extracted again" in info.output and "train ensemble: its features" in info.output
-
-
 def test_info_verify_reads_every_byte(digits_folder, tmp_path):
     workdir = tmp_path / "work"
     assert _run("extract", "--data", str(digits_folder), "--workdir", str(workdir), "--backbone", "resnet34", *SMOKE).exit_code == 0
@@ -126,9 +108,9 @@ def test_a_busy_workdir_has_its_own_exit_status(digits_folder, tmp_path):
     assert result.exit_code == EXIT_BUSY == 3 and "another cnnfeat process" in result.output
 
 
-def test_run_does_every_stage_then_nothing(digits_folder, tmp_path):
+def test_run_does_every_stage_then_nothing_and_info_tells_what_the_next_run_would_redo(digits_copy, tmp_path):
     workdir = tmp_path / "work"
-    args = ("run", "--data", str(digits_folder), "--workdir", str(workdir), *SMOKE, *QUICK_HEADS)
+    args = ("run", "--data", str(digits_copy), "--workdir", str(workdir), *SMOKE, *QUICK_HEADS)
     first = _run(*args)
     assert first.exit_code == 0, first.output
     for name in ("resnet34", "inception+hflip", "densenet121", "concat", "concat+hflip", "ensemble", "best"):
@@ -141,6 +123,21 @@ def test_run_does_every_stage_then_nothing(digits_folder, tmp_path):
     assert "Nothing to do" in second.output and second.output.count("(up to date)") == 10
     assert "report: " in first.output and "report: " not in second.output  # nothing retrained, the page current
     assert "best on test: up to date" in second.output
+    assert "do nothing: everything is up to date" in _run("info", "--workdir", str(workdir)).output
+
+    shutil.copy(next((digits_copy / "train" / "0").iterdir()), digits_copy / "train" / "0" / "new.jpg")
+    (workdir / "heads" / "inception.pt").unlink()
+    (workdir / "heads" / "resnet34.pt").write_bytes(b"garbage")  # a damaged head is something to retrain, not a crash
+    info = _run("info", "--workdir", str(workdir))
+    assert info.exit_code == 0, info.output
+    for name in ("resnet34", "inception", "densenet121", "resnet34_hflip"):
+        assert f"extract train/{name}: files added, removed or changed" in info.output
+        assert f"extract valid/{name}" not in info.output
+    assert "train inception: not trained yet" in info.output
+    assert "train resnet34: its file is damaged or unreadable" in info.output
+    assert "train densenet121: its features will be extracted again" in info.output and "train ensemble: its features" in info.output
+
+    assert _run("extract", "--data", str(tmp_path / "nowhere")).exit_code == 2  # click's usage error
 
 
 def test_run_with_modern_backbones_from_an_offline_cache(digits_folder, tmp_path, monkeypatch):
