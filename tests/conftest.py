@@ -7,6 +7,7 @@ No test reaches the network: downloads are made to fail as they do on an offline
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,17 @@ make_digits = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_digits)
 
 IMAGE_SIZE = 80  # Inception needs 75; small keeps the CPU tests fast
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each test process gets its share of the cores, for torch and for the programs it
+    starts (CLI runs, torchrun ranks), instead of a thread per core in every process."""
+    processes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if processes > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // processes)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 def go_offline(monkeypatch: pytest.MonkeyPatch) -> None:
