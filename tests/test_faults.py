@@ -9,14 +9,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import pickle
 import random
 import resource
 import signal
-import subprocess
 import sys
+import threading
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +38,62 @@ from .conftest import IMAGE_SIZE, assert_same_features, extract_config
 IMAGES = 42  # in digits_folder
 
 
-def _extract_command(data: Path, workdir: Path) -> list[str]:
-    return [sys.executable, "-m", "pipeline", "extract", "--data", str(data), "--workdir", str(workdir),
-            "--weights", "random", "--image-size", str(IMAGE_SIZE), "--batch-size", "4", "--workers", "0"]
+def _extract_args(data: Path, workdir: Path) -> list[str]:
+    return ["extract", "--data", str(data), "--workdir", str(workdir), "--weights", "random",
+            "--image-size", str(IMAGE_SIZE), "--batch-size", "4", "--workers", "0"]
+
+
+# Commands under test run as their own processes, forked from a server that imported this module (and so torch)
+# once: a fresh `python -m pipeline` spends ~5 s importing torch and torchvision before it does anything. The server
+# never runs torch itself, so its children are what a fresh interpreter is, thread pools included (a fork of this
+# test process would inherit OpenMP's half-used pool and hang). They keep the server's environment, which is the
+# first caller's: commands here need nothing a test sets in it (random weights, no TORCH_HOME).
+_SERVER = multiprocessing.get_context("forkserver")
+_SERVER.set_forkserver_preload([__name__])
+
+
+def _run_cnnfeat(args: list[str], stderr: Connection, file_size_limit: int | None) -> None:
+    """The child's side of _Cnnfeat: `cnnfeat <args>`, its stderr (and log lines) on the pipe."""
+    multiprocessing.set_start_method("fork", force=True)  # a fresh interpreter's default on Linux, not the server's
+    if file_size_limit is not None:
+        _limit_file_size(file_size_limit)
+    os.dup2(stderr.fileno(), 2)
+    stderr.close()
+    sys.stdout = open(os.devnull, "w")
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    main(args, prog_name="cnnfeat")
+
+
+class _Cnnfeat:
+    """`cnnfeat <args>` in a process of its own, like `python -m pipeline <args>`: the command's code, exit status and
+    stderr, and a real process to SIGKILL, started in a moment (see _SERVER)."""
+
+    def __init__(self, args: list[str], file_size_limit: int | None = None) -> None:
+        reader, writer = _SERVER.Pipe(duplex=False)
+        self.process = _SERVER.Process(target=_run_cnnfeat, args=(args, writer, file_size_limit))
+        self.process.start()
+        writer.close()  # the child holds the only writer: the pipe ends when the child does
+        self._stderr: list[str] = []
+        self._reader = threading.Thread(target=self._drain, args=(os.dup(reader.fileno()),))
+        reader.close()
+        self._reader.start()  # drained as it comes, so a chatty child never blocks on a full pipe
+
+    def _drain(self, fd: int) -> None:
+        with open(fd, errors="replace") as pipe:
+            self._stderr.append(pipe.read())
+
+    def running(self) -> bool:
+        return self.process.is_alive()
+
+    def kill(self) -> None:
+        self.process.kill()  # SIGKILL, unless it has already ended
+
+    def wait(self, timeout: float = 300) -> tuple[int, str]:
+        """(exit status, stderr); a killed child's status is minus the signal's number."""
+        self.process.join(timeout)
+        self._reader.join(timeout)
+        assert self.process.exitcode is not None, "cnnfeat did not finish"
+        return self.process.exitcode, "".join(self._stderr)
 
 
 def test_sigkill_at_random_moments_then_resume_gives_identical_features(reference, digits_folder, tmp_path):
@@ -46,15 +101,15 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_features(referenc
     rng = random.Random(0)
     staged = lambda: len(list(workdir.glob(".staging/*/*/*.npz")))  # noqa: E731
     for _ in range(2):  # the second kill lands in a run that resumed from the first one's staged batches
-        process = subprocess.Popen(_extract_command(digits_folder, workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = _Cnnfeat(_extract_args(digits_folder, workdir))
         target = staged() + rng.randint(1, 6)  # a few more batches, then a random extra moment
         deadline = time.monotonic() + 120
-        while staged() < target and process.poll() is None and time.monotonic() < deadline:
+        while staged() < target and process.running() and time.monotonic() < deadline:
             time.sleep(0.005)
         time.sleep(rng.uniform(0, 0.2))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        assert not (workdir / "features.h5").exists() or process.returncode == 0
+        process.kill()
+        returncode, _ = process.wait()
+        assert not (workdir / "features.h5").exists() or returncode == 0
     report = extract(extract_config(digits_folder, workdir))
     assert report.images_decoded < IMAGES  # the killed runs' batches were kept
     assert_same_features(workdir, reference)
@@ -80,30 +135,26 @@ def test_a_damaged_cache_is_detected_with_a_way_to_rebuild_it(damage, reference,
     with pytest.raises(CacheError, match="cnnfeat extract"):
         with FeatureCache(cache) as opened:
             opened.features("train", "inception")
-    done = subprocess.run([sys.executable, "-m", "pipeline", "train-head", "--workdir", str(workdir)],
-                          capture_output=True, text=True)
-    assert done.returncode == 1 and "cnnfeat extract" in done.stderr and "Traceback" not in done.stderr
+    done = CliRunner().invoke(main, ["train-head", "--workdir", str(workdir)], catch_exceptions=False)  # a bug: exit 70
+    assert done.exit_code == 1 and "cnnfeat extract" in done.stderr and "Traceback" not in done.stderr, done.stderr
     extract(extract_config(digits_folder, workdir, force=damage == "flip-data"))
     assert_same_features(workdir, reference)
 
 
-def _limit_file_size(limit: int):
-    def apply() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
+def _limit_file_size(limit: int) -> None:
+    """No file of this process may grow past limit bytes: a disk that fills up, as a write sees it."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
 @pytest.mark.parametrize("limit", [20_000, 300_000], ids=["full-while-staging", "full-while-merging"])
 def test_a_full_disk_fails_cleanly_and_the_next_run_completes(limit, reference, digits_folder, tmp_path):
     """The disk 'fills up' (a file size limit) while batches are staged, or while the cache is merged."""
     workdir = tmp_path / "work"
-    done = subprocess.run(_extract_command(digits_folder, workdir), capture_output=True, text=True,
-                          preexec_fn=_limit_file_size(limit))
-    assert done.returncode == 1, done.stderr
-    assert "[Errno" in done.stderr and "run the same command again" in done.stderr
-    assert "Traceback" not in done.stderr
+    returncode, stderr = _Cnnfeat(_extract_args(digits_folder, workdir), file_size_limit=limit).wait()
+    assert returncode == 1, stderr
+    assert "[Errno" in stderr and "run the same command again" in stderr
+    assert "Traceback" not in stderr
     assert not (workdir / "features.h5").exists() and not list(workdir.rglob("*.tmp"))
     for name in ("resnet34", "inception", "densenet121"):  # whatever was staged is whole
         for folder in workdir.glob(f".staging/*/{name}-*"):
@@ -172,20 +223,18 @@ def test_an_extraction_over_mutated_images_skips_and_names_the_broken_ones(tmp_p
 
 def test_two_extractions_at_once_one_writes_the_other_is_refused(reference, digits_folder, tmp_path):
     workdir = tmp_path / "work"
-    runs = [subprocess.Popen(_extract_command(digits_folder, workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for _ in range(2)]
-    outcomes = sorted((run.wait(timeout=300), run.stderr.read()) for run in runs)
+    runs = [_Cnnfeat(_extract_args(digits_folder, workdir)) for _ in range(2)]
+    outcomes = sorted(run.wait() for run in runs)
     assert [code for code, _ in outcomes] == [0, 3], outcomes  # 3: busy, its own exit status
     assert "another cnnfeat process" in outcomes[1][1]
     assert_same_features(workdir, reference)
 
 
 def test_two_head_trainings_at_once_leave_a_consistent_workdir(digits10_workdir):
-    command = [sys.executable, "-m", "pipeline", "train-head", "--workdir", str(digits10_workdir), "--backbone", "resnet34",
-               "--c-grid", "1", "--folds", "2", "--max-iter", "50", "--no-flip", "--device", "cpu"]
-    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    errors = [run.communicate(timeout=300)[1] for run in runs]
-    outcomes = sorted(zip([run.returncode for run in runs], errors))
+    args = ["train-head", "--workdir", str(digits10_workdir), "--backbone", "resnet34", "--c-grid", "1", "--folds", "2",
+            "--max-iter", "50", "--no-flip", "--device", "cpu"]
+    runs = [_Cnnfeat(args) for _ in range(2)]
+    outcomes = sorted(run.wait() for run in runs)
     assert [code for code, _ in outcomes] in ([0, 0], [0, 3]), outcomes  # 0: it ran after the other; 3: refused
     assert outcomes[1][0] == 0 or "another cnnfeat process" in outcomes[1][1]
     heads = sorted((digits10_workdir / "heads").glob("*.pt"))
