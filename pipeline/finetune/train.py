@@ -114,7 +114,6 @@ def train_one_epoch(run: _Run, loader: DataLoader, progress: ProgressFn | None, 
     """One pass over the training split; optimizer steps every `accumulate` batches. The loss and accuracy are
     every rank's images together. A batch none of whose files decode still runs forward and backward, with zero
     loss: under DDP every rank must join each step's gradient all-reduce, or the ranks fall out of step and hang."""
-    set_modes(_unwrapped(run.model), run.trained, run.every, run.bn_train)
     total_loss = correct = seen = 0.0
     steps = len(loader)
     size = loader.dataset.size
@@ -124,6 +123,9 @@ def train_one_epoch(run: _Run, loader: DataLoader, progress: ProgressFn | None, 
         if not len(labels):
             images = torch.zeros(0, 3, size, size, dtype=torch.uint8)  # collate's (0, 3, 1, 1) is too small for a stem
         labels = labels.to(run.device, non_blocking=True)
+        # a single image has no batch statistics once its maps shrink to 1x1 (small images trained from scratch):
+        # BatchNorm uses its running statistics for a batch of one, as frozen BatchNorm always does
+        set_modes(_unwrapped(run.model), run.trained, run.every, run.bn_train and len(labels) > 1)
         with _autocast(run.device, run.cfg.precision):
             logits = run.model(run.normalize(images))
             summed = F.cross_entropy(logits.float(), labels, label_smoothing=run.cfg.label_smoothing, reduction="sum")
