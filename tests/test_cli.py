@@ -13,8 +13,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from features import FeatureCache, cache_path
+from features import FeatureCache, cache_path, write_job as real_write_job
+from features.files import LOCK_NAME
 from pipeline.cli import main
+from pipeline.cli import common as common_module
 from pipeline.cli.common import EXIT_BUSY, EXIT_INTERNAL
 from pipeline.heads import learners as learners_module
 from pipeline.heads import train as heads_train_module
@@ -106,6 +108,20 @@ def test_a_busy_workdir_has_its_own_exit_status(digits_folder, tmp_path):
     with lock_held_elsewhere(tmp_path / "work"):
         result = _run("extract", "--data", str(digits_folder), "--workdir", str(tmp_path / "work"), *SMOKE)
     assert result.exit_code == EXIT_BUSY == 3 and "another cnnfeat process" in result.output
+
+
+def test_extract_records_its_job_while_it_still_holds_the_workdir(digits_folder, tmp_path, monkeypatch):
+    """Released before job.toml was written, another command could take the workdir in between."""
+    locked_while_written = []
+
+    def write_job(workdir, job):
+        locked_while_written.append((Path(workdir) / LOCK_NAME).exists())
+        real_write_job(workdir, job)
+
+    monkeypatch.setattr(common_module, "write_job", write_job)
+    result = _run("extract", "--data", str(digits_folder), "--workdir", str(tmp_path / "work"), "--backbone", "resnet34",
+                  *SMOKE)
+    assert result.exit_code == 0 and locked_while_written == [True], result.output
 
 
 def test_run_does_every_stage_then_nothing_and_info_tells_what_the_next_run_would_redo(digits_copy, tmp_path):

@@ -101,12 +101,13 @@ def job_extraction(o: dict[str, Any], backbones: tuple[str, ...],
 def extract_command(backbones: tuple[str, ...], **o: Any) -> None:
     """Stage 1: decode every image once, run the frozen backbones, cache the features in HDF5."""
     configs, job = job_extraction(o, backbones)
-    from features import extract
+    from features import extract, workdir_lock
 
-    report = with_progress(lambda progress: extract(configs, progress=progress))
-    if report.main:  # under torchrun, rank 0 speaks for all, and records the job
-        print_extract(report)
-        job.save()
+    with workdir_lock(o["workdir"]):  # through the job's record: no other writer in between
+        report = with_progress(lambda progress: extract(configs, progress=progress))
+        if report.main:  # under torchrun, rank 0 speaks for all, and records the job
+            print_extract(report)
+            job.save()
 
 
 def print_extract(report: Any) -> None:
