@@ -101,7 +101,7 @@ def test_a_flag_changes_the_job_in_one_line_and_hints_paste_as_they_are(job_run)
     typo = job_file.read_text()
     job_file.write_text(typo.replace("\nepochs = ", "\nepoch = ", 1))
     refused = _cli("train-head", "--workdir", workdir)
-    assert refused.exit_code == 2 and "unknown setting 'epoch' (did you mean 'epochs'?)" in refused.output
+    assert refused.exit_code == 1 and "unknown setting 'epoch' (did you mean 'epochs'?)" in refused.output  # the workdir's
     job_file.write_text(typo)
     cache_path(workdir).unlink()
     missing = _cli("train-head", "--workdir", workdir)
@@ -168,8 +168,9 @@ def test_the_job_file_round_trips_and_merges_groups(tmp_path):
     write_job(tmp_path, bigger)
     assert read_job(tmp_path) == bigger
     (tmp_path / "job.toml").write_text("data = [")
-    result = _cli("extract", "--workdir", tmp_path)
-    assert result.exit_code == 2 and "job.toml cannot be read" in result.output
+    for command in ("extract", "run", "train-head", "predict", "info"):  # a problem in the workdir: 1, as for `info`
+        result = _cli(command, "--workdir", tmp_path)
+        assert result.exit_code == 1 and "job.toml cannot be read" in result.output, command
 
 
 def test_info_during_another_extraction_says_it_is_running(digits_folder, tmp_path):

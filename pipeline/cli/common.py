@@ -214,16 +214,17 @@ def _read_job(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     """The workdir's recorded settings become the command's defaults, beneath a --config file's and the
     command line's: one precedence for every setting (flag > --config > job.toml > the settings' defaults)."""
     workdir = usable_path("workdir")(ctx, param, value)
+    # a damaged or mistyped job.toml is a problem in the workdir, not in the option's value: exit 1, as `info` does
     try:
         job = read_job(workdir)
     except ConfigError as err:
-        raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+        raise click.ClickException(str(err)) from None
     ctx.meta[JOB] = job
     unknown = [key for key in (job.settings if job is not None else {}) if key not in JOB_SETTINGS]
     if unknown:  # a hand-edited typo must not be ignored in silence
-        raise click.BadParameter(f"{job_path(workdir)}: unknown setting {unknown[0]!r}"
-                                 f"{did_you_mean(unknown[0], JOB_SETTINGS)}; job.toml takes {', '.join(JOB_SETTINGS)} "
-                                 f"and [[features]] tables", ctx=ctx, param=param)
+        raise click.ClickException(f"{job_path(workdir)}: unknown setting {unknown[0]!r}"
+                                   f"{did_you_mean(unknown[0], JOB_SETTINGS)}; job.toml takes {', '.join(JOB_SETTINGS)} "
+                                   f"and [[features]] tables")
     if job is not None:
         options = {p.name: p for p in ctx.command.params}
         recorded = {k: option_value(options[k], v) for k, v in job.settings.items() if k in options}
