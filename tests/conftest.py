@@ -22,6 +22,7 @@ import pytest
 import torch
 import torchvision
 
+from features.devices import usable_cores
 from features.staging import Staging
 from features import BOOK, ExtractConfig, FeatureCache, checkpoint_path, extract, get_backbone, weights_enum
 
@@ -38,8 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
     starts (CLI runs, torchrun ranks), instead of a thread per core in every process."""
     processes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if processes > 1:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, cores // processes)
+        threads = max(1, usable_cores() // processes)
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
 
