@@ -115,6 +115,7 @@ def train_one_epoch(run: _Run, loader: DataLoader, progress: ProgressFn | None, 
     every rank's images together. A batch none of whose files decode still runs forward and backward, with zero
     loss: under DDP every rank must join each step's gradient all-reduce, or the ranks fall out of step and hang."""
     total_loss = correct = seen = 0.0
+    batch_statistics = None  # whether BatchNorm takes each batch's statistics, as set_modes last left it
     steps = len(loader)
     size = loader.dataset.size
     run.optimizer.zero_grad(set_to_none=True)
@@ -124,8 +125,12 @@ def train_one_epoch(run: _Run, loader: DataLoader, progress: ProgressFn | None, 
             images = torch.zeros(0, 3, size, size, dtype=torch.uint8)  # collate's (0, 3, 1, 1) is too small for a stem
         labels = labels.to(run.device, non_blocking=True)
         # a single image has no batch statistics once its maps shrink to 1x1 (small images trained from scratch):
-        # BatchNorm uses its running statistics for a batch of one, as frozen BatchNorm always does
-        set_modes(_unwrapped(run.model), run.trained, run.every, run.bn_train and len(labels) > 1)
+        # BatchNorm uses its running statistics for a batch of one, as frozen BatchNorm always does. The modes are
+        # set only when that changes: walking every module costs milliseconds a batch (3 ms for DenseNet-121)
+        wanted = run.bn_train and len(labels) > 1
+        if wanted != batch_statistics:
+            set_modes(_unwrapped(run.model), run.trained, run.every, wanted)
+            batch_statistics = wanted
         with _autocast(run.device, run.cfg.precision):
             logits = run.model(run.normalize(images))
             summed = F.cross_entropy(logits.float(), labels, label_smoothing=run.cfg.label_smoothing, reduction="sum")
