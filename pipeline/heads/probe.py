@@ -111,7 +111,7 @@ def fold_logits(views: list[torch.Tensor], weight: torch.Tensor, bias: torch.Ten
         view_oof = torch.empty(len(x), n_classes, dtype=torch.float64)
         for block in _blocks(len(x)):
             every = (x[block] @ weight.view(-1, x.shape[1]).T).view(-1, problems, n_classes) + bias  # (B, P, K)
-            view_oof[block] = every.gather(1, folds[block].view(-1, 1, 1).expand(-1, 1, n_classes)).squeeze(1).double().cpu()
+            view_oof[block] = every.gather(1, folds[block].view(-1, 1, 1).expand(-1, 1, n_classes)).squeeze(1)  # to float64 CPU
         oof.append(view_oof)
     return oof
 
